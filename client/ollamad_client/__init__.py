@@ -1,0 +1,1 @@
+"""Thin client for the ollamad daemon (pyzmq and the standard library only)."""

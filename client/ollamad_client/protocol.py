@@ -1,0 +1,224 @@
+"""Wire protocol version 1 between ollamad and its clients.
+
+This module is the single definition of the protocol: the daemon imports it
+from here, so client and server can never disagree. It uses the standard
+library only. The prose specification is ``docs/protocol.md``.
+
+Every message is one ZeroMQ frame holding one UTF-8 JSON object.
+
+Request::
+
+    {"v": 1, "id": "<unique str>", "op": "generate", "args": {...},
+     "timeout": 10.0, "stream": false}
+
+Final reply (exactly one per accepted request)::
+
+    {"v": 1, "id": ..., "ok": true, "result": {...}}
+    {"v": 1, "id": ..., "ok": false,
+     "error": {"code": "...", "message": "...", "retryable": bool}}
+
+Stream chunk (zero or more, before the final reply, only when ``stream`` is
+true)::
+
+    {"v": 1, "id": ..., "chunk": {"text": "..."}}
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+VERSION = 1
+
+#: Default largest message, in bytes, either side accepts. The daemon
+#: enforces it with ZMQ_MAXMSGSIZE (which silently disconnects the sender), so
+#: the client checks it before sending and raises ``too_large`` itself.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+#: Longest accepted request id, in characters.
+MAX_ID_LENGTH = 128
+
+#: Default overall deadline of a request, in seconds, when it names none.
+DEFAULT_TIMEOUT = 60.0
+
+#: Longest deadline a request may ask for, in seconds.
+MAX_TIMEOUT = 3600.0
+
+
+class ErrorCode(str, enum.Enum):
+    """The closed set of error codes a final reply can carry."""
+
+    BAD_REQUEST = "bad_request"          # malformed or invalid request
+    UNKNOWN_OP = "unknown_op"            # op is not one the daemon serves
+    TOO_LARGE = "too_large"              # message over the size limit
+    BUSY = "busy"                        # request queue full; try again
+    TIMEOUT = "timeout"                  # the request's deadline passed
+    BACKEND_ERROR = "backend_error"      # Ollama answered with an error
+    MODEL_NOT_FOUND = "model_not_found"  # Ollama does not have the model
+    UNAVAILABLE = "unavailable"          # daemon or Ollama cannot be reached
+    SHUTTING_DOWN = "shutting_down"      # daemon is stopping
+    FORBIDDEN = "forbidden"              # admin op from a non-admin peer
+    INTERNAL = "internal"                # a bug in the daemon
+
+    @property
+    def retryable(self) -> bool:
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {ErrorCode.BUSY, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE,
+     ErrorCode.SHUTTING_DOWN, ErrorCode.BACKEND_ERROR}
+)
+
+#: Ops every client may call.
+PUBLIC_OPS = frozenset(
+    {"generate", "chat", "batch", "embed", "models", "health", "status",
+     "metrics", "gpu", "ping"}
+)
+#: Ops limited to root, the daemon's own user and the admin group.
+ADMIN_OPS = frozenset({"restart"})
+#: Ops that may stream chunks before their final reply.
+STREAMING_OPS = frozenset({"generate", "chat"})
+ALL_OPS = PUBLIC_OPS | ADMIN_OPS
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol.
+
+    ``request_id`` is set when the id could be recovered, so the daemon can
+    still answer ``bad_request`` to the right caller.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, request_id: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    op: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    timeout: float = DEFAULT_TIMEOUT
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class Error:
+    code: ErrorCode
+    message: str
+    retryable: bool
+
+    @classmethod
+    def of(cls, code: ErrorCode, message: str, retryable: bool | None = None) -> "Error":
+        return cls(code, message, code.retryable if retryable is None else retryable)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code.value, "message": self.message, "retryable": self.retryable}
+
+
+def _dumps(obj: Mapping[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def encode_request(request: Request) -> bytes:
+    return _dumps({"v": VERSION, "id": request.id, "op": request.op,
+                   "args": dict(request.args), "timeout": request.timeout,
+                   "stream": request.stream})
+
+
+def encode_result(request_id: str, result: Mapping[str, Any]) -> bytes:
+    return _dumps({"v": VERSION, "id": request_id, "ok": True, "result": result})
+
+
+def encode_error(request_id: str | None, error: Error) -> bytes:
+    return _dumps({"v": VERSION, "id": request_id, "ok": False, "error": error.to_json()})
+
+
+def encode_chunk(request_id: str, chunk: Mapping[str, Any]) -> bytes:
+    return _dumps({"v": VERSION, "id": request_id, "chunk": chunk})
+
+
+def _recover_id(obj: Any) -> str | None:
+    if isinstance(obj, dict):
+        rid = obj.get("id")
+        if isinstance(rid, str) and 0 < len(rid) <= MAX_ID_LENGTH:
+            return rid
+    return None
+
+
+def decode_request(frame: bytes) -> Request:
+    """Parse and validate one request frame, or raise :class:`ProtocolError`."""
+    try:
+        obj = json.loads(frame)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"request is not JSON: {exc}") from None
+    rid = _recover_id(obj)
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "request must be a JSON object")
+    if rid is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"request needs an 'id': a string of 1 to {MAX_ID_LENGTH} characters")
+
+    def bad(message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> ProtocolError:
+        return ProtocolError(code, message, rid)
+
+    if obj.get("v") != VERSION:
+        raise bad(f"unsupported protocol version {obj.get('v')!r}; this daemon speaks {VERSION}")
+    op = obj.get("op")
+    if not isinstance(op, str):
+        raise bad("'op' must be a string")
+    if op not in ALL_OPS:
+        raise bad(f"unknown op {op[:64]!r}", ErrorCode.UNKNOWN_OP)
+    args = obj.get("args", {})
+    if not isinstance(args, dict):
+        raise bad("'args' must be an object")
+    timeout = obj.get("timeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not 0 < timeout <= MAX_TIMEOUT:
+        raise bad(f"'timeout' must be a number of seconds in (0, {MAX_TIMEOUT:g}]")
+    stream = obj.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad("'stream' must be true or false")
+    if stream and op not in STREAMING_OPS:
+        raise bad(f"op {op!r} cannot stream")
+    return Request(id=rid, op=op, args=args, timeout=float(timeout), stream=stream)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A decoded message from the daemon: a chunk, or a final result or error."""
+
+    id: str | None
+    result: Mapping[str, Any] | None = None
+    error: Error | None = None
+    chunk: Mapping[str, Any] | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.chunk is None
+
+
+def decode_reply(frame: bytes) -> Reply:
+    """Parse one message from the daemon, or raise :class:`ProtocolError`."""
+    try:
+        obj = json.loads(frame)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.INTERNAL, f"reply is not JSON: {exc}") from None
+    if not isinstance(obj, dict) or obj.get("v") != VERSION:
+        raise ProtocolError(ErrorCode.INTERNAL, "reply is not a protocol v1 object")
+    rid = obj.get("id")
+    if "chunk" in obj:
+        return Reply(id=rid, chunk=obj["chunk"])
+    if obj.get("ok") is True:
+        return Reply(id=rid, result=obj.get("result") or {})
+    err = obj.get("error") or {}
+    try:
+        code = ErrorCode(err.get("code"))
+    except ValueError:
+        code = ErrorCode.INTERNAL
+    return Reply(id=rid, error=Error(code, str(err.get("message", "")),
+                                     bool(err.get("retryable", code.retryable))))

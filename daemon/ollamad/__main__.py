@@ -1,0 +1,5 @@
+import sys
+
+from ollamad.cli import main
+
+sys.exit(main())
