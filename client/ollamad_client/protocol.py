@@ -134,8 +134,12 @@ def encode_result(request_id: str, result: Mapping[str, Any]) -> bytes:
     return _dumps({"v": VERSION, "id": request_id, "ok": True, "result": result})
 
 
-def encode_error(request_id: str | None, error: Error) -> bytes:
-    return _dumps({"v": VERSION, "id": request_id, "ok": False, "error": error.to_json()})
+def encode_error(request_id: str | None, error: Error, attempts: int | None = None) -> bytes:
+    """``attempts``: how many calls to Ollama were made before failing, when any."""
+    body = error.to_json()
+    if attempts:
+        body["attempts"] = attempts
+    return _dumps({"v": VERSION, "id": request_id, "ok": False, "error": body})
 
 
 def encode_chunk(request_id: str, chunk: Mapping[str, Any]) -> bytes:
@@ -196,6 +200,8 @@ class Reply:
     result: Mapping[str, Any] | None = None
     error: Error | None = None
     chunk: Mapping[str, Any] | None = None
+    #: With ``error``: how many calls to Ollama were made, when the daemon says.
+    attempts: int | None = None
 
     @property
     def final(self) -> bool:
@@ -215,10 +221,23 @@ def decode_reply(frame: bytes) -> Reply:
         return Reply(id=rid, chunk=obj["chunk"])
     if obj.get("ok") is True:
         return Reply(id=rid, result=obj.get("result") or {})
-    err = obj.get("error") or {}
+    error, attempts = decode_error(obj.get("error"))
+    return Reply(id=rid, error=error, attempts=attempts)
+
+
+def decode_error(obj: Any) -> tuple[Error, int | None]:
+    """Parse an error object (a final reply's, or a batch item's).
+
+    Returns the error and its optional ``attempts`` count. An unknown code
+    becomes ``internal``, so a newer daemon cannot crash an older client.
+    """
+    err = obj if isinstance(obj, dict) else {}
     try:
         code = ErrorCode(err.get("code"))
     except ValueError:
         code = ErrorCode.INTERNAL
-    return Reply(id=rid, error=Error(code, str(err.get("message", "")),
-                                     bool(err.get("retryable", code.retryable))))
+    attempts = err.get("attempts")
+    if isinstance(attempts, bool) or not isinstance(attempts, int):
+        attempts = None
+    return (Error(code, str(err.get("message", "")), bool(err.get("retryable", code.retryable))),
+            attempts)

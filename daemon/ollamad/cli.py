@@ -1,15 +1,224 @@
-"""The `ollamad` command line (work in progress: only `stand-in` is wired)."""
+"""The ``ollamad`` command line.
+
+``serve`` runs the daemon; ``status``, ``health``, ``metrics``, ``gpu``,
+``models``, ``generate`` and ``restart`` talk to a running daemon through the
+client library; ``stand-in`` runs the bundled Ollama stand-in;
+``install-systemd`` installs the unit; ``example-config`` prints the config
+file with every default.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+from typing import Any, Callable
+
+from ollamad import __version__
+from ollamad.config import DEFAULT_SOCKET
+
+#: Exit status for configuration errors (sysexits EX_CONFIG); the unit does
+#: not restart on it, since a restart cannot fix a config file.
+EX_CONFIG = 78
+
+
+def _socket_default() -> str:
+    return os.environ.get("OLLAMAD_SOCKET", DEFAULT_SOCKET)
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    from ollamad import config as config_mod
+    from ollamad.logsetup import configure_logging
+
+    overrides: dict[str, Any] = {}
+    ollama: dict[str, Any] = {}
+    for key, value in (("socket", ns.socket), ("workers", ns.workers), ("model", ns.model),
+                       ("log_level", ns.log_level)):
+        if value is not None:
+            overrides[key] = value
+    for key, value in (("command", ns.ollama_command), ("url", ns.ollama_url)):
+        if value is not None:
+            ollama[key] = value
+    if ns.stand_in:
+        ollama["stand_in"] = True
+    if ns.external:
+        ollama["mode"] = "external"
+    if ollama:
+        overrides["ollama"] = ollama
+
+    def load() -> config_mod.Config:
+        return config_mod.load(ns.config, overrides=overrides)
+
+    try:
+        config = load()
+    except config_mod.ConfigError as exc:
+        print(f"ollamad: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    configure_logging(config.log_level)
+
+    from ollamad.app import Daemon
+    from ollamad.server import SocketInUse
+    from ollamad.supervisor import SupervisorError
+
+    daemon = Daemon(config, reload_config=load)
+    try:
+        daemon.bind()
+    except SupervisorError as exc:
+        print(f"ollamad: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except SocketInUse as exc:
+        print(f"ollamad: {exc}", file=sys.stderr)
+        return 1
+    return daemon.run()
+
+
+def _client(ns: argparse.Namespace):
+    from ollamad_client import Client
+    return Client(ns.socket, timeout=ns.timeout)
+
+
+def _query(op: str, render: Callable[[dict[str, Any]], str]) -> Callable[[argparse.Namespace], int]:
+    def command(ns: argparse.Namespace) -> int:
+        from ollamad.render import error_line
+        from ollamad_client import OllamadError
+
+        with _client(ns) as client:
+            try:
+                result = getattr(client, op)()
+            except OllamadError as exc:
+                print(error_line(exc), file=sys.stderr)
+                return 2 if op == "health" else 1
+        print(json.dumps(result, indent=2, sort_keys=True) if ns.json else render(result))
+        if op == "health":
+            return 0 if result.get("status") == "healthy" else 1
+        return 0
+    return command
+
+
+def _generate(ns: argparse.Namespace) -> int:
+    from ollamad.render import error_line
+    from ollamad_client import OllamadError
+
+    options = dict(model=ns.model, system=ns.system, temperature=ns.temperature,
+                   max_tokens=ns.max_tokens)
+    with _client(ns) as client:
+        try:
+            if ns.json:
+                print(json.dumps(client.generate(ns.prompt, **options), indent=2))
+                return 0
+            stream = client.stream(ns.prompt, **options)
+            for piece in stream:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            result = stream.result
+            print(f"[{result['model']}: {result['completion_tokens']} tokens, "
+                  f"{result['tokens_per_second']:.1f} tokens/s, {result['response_time']:.2f} s, "
+                  f"{result['attempts']} attempt(s)]", file=sys.stderr)
+            return 0
+        except OllamadError as exc:
+            print(error_line(exc), file=sys.stderr)
+            return 1
+
+
+def _restart(ns: argparse.Namespace) -> int:
+    from ollamad.render import error_line
+    from ollamad_client import OllamadError
+
+    with _client(ns) as client:
+        try:
+            client.restart(ns.reason)
+        except OllamadError as exc:
+            print(error_line(exc), file=sys.stderr)
+            return 1
+    print("Ollama restart requested")
+    return 0
+
+
+def _stand_in(argv: list[str]) -> int:
+    from ollamad.testing.standin import main as standin_main
+    return standin_main(argv)
+
+
+def _install_systemd(argv: list[str]) -> int:
+    from ollamad.install import main as install_main
+    return install_main(argv)
+
+
+def _example_config(ns: argparse.Namespace) -> int:
+    from ollamad.config import example_toml
+    sys.stdout.write(example_toml())
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ollamad import render
+
+    parser = argparse.ArgumentParser(prog="ollamad", description="Supervisor daemon for Ollama")
+    parser.add_argument("--version", action="version", version=f"ollamad {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", help="TOML config file (default $OLLAMAD_CONFIG or "
+                                        "/etc/ollamad/ollamad.toml)")
+    serve.add_argument("--socket", help="ZeroMQ endpoint to bind (ipc://PATH or tcp://HOST:PORT)")
+    serve.add_argument("--ollama-command", help="command that runs Ollama (default 'ollama serve')")
+    serve.add_argument("--ollama-url", help="where Ollama listens (port 0: Ollama picks one)")
+    serve.add_argument("--workers", type=int, help="request workers (default 8)")
+    serve.add_argument("--model", help="default model (default llama3.1:8b)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--stand-in", action="store_true",
+                       help="supervise the bundled stand-in instead of `ollama serve`")
+    serve.add_argument("--external", action="store_true",
+                       help="watch an Ollama started elsewhere instead of starting one")
+    serve.set_defaults(handler=_serve)
+
+    def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--socket", default=_socket_default(), help="daemon endpoint")
+        sub.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        return sub
+
+    for op, help_text, render_fn in (
+            ("status", "daemon, Ollama and GPU status", render.status),
+            ("health", "health; exit 0 when healthy", render.health),
+            ("metrics", "request metrics", render.metrics),
+            ("gpu", "GPU memory, use and Ollama's share", render.gpu),
+            ("models", "models Ollama has, and which are loaded", render.models)):
+        client_command(op, help_text).set_defaults(handler=_query(op, render_fn))
+
+    generate = client_command("generate", "generate text (streams to the terminal)")
+    generate.set_defaults(timeout=120.0, handler=_generate)
+    generate.add_argument("prompt")
+    generate.add_argument("--model")
+    generate.add_argument("--system")
+    generate.add_argument("--temperature", type=float)
+    generate.add_argument("--max-tokens", type=int)
+
+    restart = client_command("restart", "admin: restart Ollama")
+    restart.add_argument("--reason", default=None)
+    restart.set_defaults(handler=_restart)
+
+    commands.add_parser("stand-in", help="run the bundled Ollama stand-in (reads OLLAMA_HOST)",
+                        add_help=False)
+    commands.add_parser("install-systemd", help="install the systemd unit and friends",
+                        add_help=False)
+    commands.add_parser("example-config", help="print the config file with all defaults") \
+        .set_defaults(handler=_example_config)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "stand-in":
-        from ollamad.testing.standin import main as standin_main
-        return standin_main(argv[1:])
-    print("usage: ollamad {serve,status,health,metrics,gpu,generate,restart,stand-in} ...",
-          file=sys.stderr)
-    return 2
+    # These two own their flags entirely.
+    if argv[:1] == ["stand-in"]:
+        return _stand_in(argv[1:])
+    if argv[:1] == ["install-systemd"]:
+        return _install_systemd(argv[1:])
+    ns = _parser().parse_args(argv)
+    try:
+        return ns.handler(ns)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,157 @@
+"""Validation of op arguments, and their translation into Ollama request bodies.
+
+Bad arguments are answered ``bad_request`` with a message naming the field,
+before anything reaches Ollama.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ollamad.retry import OllamaFailure
+from ollamad_client.protocol import ErrorCode
+
+
+class InvalidArguments(OllamaFailure):
+    def __init__(self, message: str):
+        super().__init__(ErrorCode.BAD_REQUEST, message, retryable=False)
+
+
+def _typed(args: Mapping[str, Any], key: str, types: tuple[type, ...], what: str,
+           required: bool = False) -> Any:
+    if key not in args or args[key] is None:
+        if required:
+            raise InvalidArguments(f"'{key}' is required ({what})")
+        return None
+    value = args[key]
+    if isinstance(value, bool) and bool not in types:
+        raise InvalidArguments(f"'{key}' must be {what}")
+    if not isinstance(value, types):
+        raise InvalidArguments(f"'{key}' must be {what}")
+    return value
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    model: str
+    max_tokens_cap: int
+
+
+def _options(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[str, Any]:
+    options = dict(_typed(args, "options", (dict,), "an object") or {})
+    temperature = _typed(args, "temperature", (int, float), "a number")
+    if temperature is not None:
+        options["temperature"] = temperature
+    max_tokens = _typed(args, "max_tokens", (int,), "a positive integer")
+    if max_tokens is not None:
+        if max_tokens <= 0:
+            raise InvalidArguments("'max_tokens' must be a positive integer")
+        options["num_predict"] = max_tokens
+    # Runaway generation (ollama#2805, #9273) is capped here, whatever was asked.
+    asked = options.get("num_predict")
+    if not isinstance(asked, int) or isinstance(asked, bool) or asked < 0 \
+            or asked > defaults.max_tokens_cap:
+        options["num_predict"] = defaults.max_tokens_cap
+    return options
+
+
+def _common_body(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": _typed(args, "model", (str,), "a string") or defaults.model,
+        "options": _options(args, defaults),
+        "stream": True,
+    }
+    fmt = _typed(args, "format", (str, dict), '"json" or a JSON schema object')
+    if fmt is not None:
+        body["format"] = fmt
+    keep_alive = _typed(args, "keep_alive", (str, int, float), "a duration string or seconds")
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
+    return body
+
+
+def _result(text: str, final: Mapping[str, Any], attempts: int, elapsed: float) -> dict[str, Any]:
+    eval_count = int(final.get("eval_count") or 0)
+    eval_ns = int(final.get("eval_duration") or 0)
+    return {
+        "text": text,
+        "model": final.get("model"),
+        "done_reason": final.get("done_reason"),
+        "prompt_tokens": int(final.get("prompt_eval_count") or 0),
+        "completion_tokens": eval_count,
+        "tokens": eval_count,
+        "total_duration_ns": int(final.get("total_duration") or 0),
+        "load_duration_ns": int(final.get("load_duration") or 0),
+        "prompt_eval_duration_ns": int(final.get("prompt_eval_duration") or 0),
+        "eval_duration_ns": eval_ns,
+        "tokens_per_second": round(eval_count / eval_ns * 1e9, 3) if eval_ns else 0.0,
+        "attempts": attempts,
+        "response_time": round(elapsed, 6),
+    }
+
+
+@dataclass(frozen=True)
+class GenerationCall:
+    """A validated generate or chat call: where it goes, what it sends, how to read it."""
+
+    path: str
+    body: Mapping[str, Any]
+    piece: Callable[[Mapping[str, Any]], str]
+
+    def result(self, text: str, final: Mapping[str, Any], attempts: int,
+               elapsed: float) -> dict[str, Any]:
+        result = _result(text, final, attempts, elapsed)
+        if self.path == "/api/chat":
+            result["message"] = {"role": "assistant", "content": text}
+        return result
+
+
+def generate_call(args: Mapping[str, Any], defaults: GenerationDefaults,
+                  prompt: str | None = None) -> GenerationCall:
+    """``prompt`` overrides ``args['prompt']`` (a batch item shares the other args)."""
+    body = _common_body(args, defaults)
+    body["prompt"] = prompt if prompt is not None else \
+        _typed(args, "prompt", (str,), "a string", required=True)
+    system = _typed(args, "system", (str,), "a string")
+    if system is not None:
+        body["system"] = system
+    return GenerationCall("/api/generate", body, lambda obj: obj.get("response") or "")
+
+
+def chat_call(args: Mapping[str, Any], defaults: GenerationDefaults) -> GenerationCall:
+    messages = _typed(args, "messages", (list,), "a list of {role, content} objects",
+                      required=True)
+    if not messages:
+        raise InvalidArguments("'messages' must not be empty")
+    for i, message in enumerate(messages):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
+            raise InvalidArguments(f"messages[{i}] must be an object with string 'role' and 'content'")
+    body = _common_body(args, defaults)
+    system = _typed(args, "system", (str,), "a string")
+    body["messages"] = ([{"role": "system", "content": system}] if system else []) + \
+        [{"role": m["role"], "content": m["content"]} for m in messages]
+    return GenerationCall("/api/chat", body,
+                          lambda obj: (obj.get("message") or {}).get("content") or "")
+
+
+def batch_prompts(args: Mapping[str, Any], max_batch: int) -> list[str]:
+    prompts = _typed(args, "prompts", (list,), "a list of strings", required=True)
+    if not 1 <= len(prompts) <= max_batch:
+        raise InvalidArguments(f"'prompts' must hold 1 to {max_batch} prompts")
+    if not all(isinstance(p, str) for p in prompts):
+        raise InvalidArguments("'prompts' must be a list of strings")
+    return prompts
+
+
+def embed_body(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[str, Any]:
+    value = _typed(args, "input", (str, list), "a string or a list of strings", required=True)
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        raise InvalidArguments("'input' must be a string or a list of strings")
+    body: dict[str, Any] = {"model": _typed(args, "model", (str,), "a string") or defaults.model,
+                            "input": value}
+    keep_alive = _typed(args, "keep_alive", (str, int, float), "a duration string or seconds")
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
+    return body

@@ -1,0 +1,243 @@
+"""Ollama over HTTP: one ``requests.Session`` per worker thread, retries via tenacity.
+
+Generation always *streams* from Ollama, whatever the client asked for:
+each chunk is evidence of progress (the supervisor's hang rule needs it),
+and the per-attempt time-out then bounds the gap *between* chunks, so a long
+generation that keeps producing is never cut off while a wedged one is.
+
+Failures keep Ollama's own message verbatim. What is retried is decided by
+:func:`classify_status` and the exception handlers below: connection errors,
+time-outs, 5xx (the 503 "server busy" included), runner crashes and streams
+cut short by an error line. Never a 4xx, a missing model or a bad option.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+import requests
+
+from ollamad.args import GenerationCall
+from ollamad.retry import OllamaFailure, RetryPolicy
+from ollamad_client.protocol import ErrorCode
+
+#: Connection set-up must be quick on loopback; a slow connect means trouble.
+CONNECT_TIMEOUT = 2.0
+#: Bound on error bodies we read: Ollama's are one short JSON object.
+MAX_ERROR_BODY = 64 * 1024
+
+
+class OllamaEndpoint(Protocol):
+    """What the backend needs from whoever owns Ollama (the supervisor)."""
+
+    @property
+    def url(self) -> str | None: ...
+
+    def wait_running(self, deadline: float) -> bool: ...
+
+    def report_connection_failure(self) -> None: ...
+
+
+@dataclass
+class CallContext:
+    """One request as the backend sees it."""
+
+    deadline: float                       # time.monotonic() by which to answer
+    cancel: threading.Event = field(default_factory=threading.Event)
+    on_chunk: Callable[[str], None] | None = None   # streams text to the client
+    on_progress: Callable[[], None] = lambda: None  # a chunk arrived from Ollama
+    attempts: int = 0
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def classify_status(status: int, message: str) -> OllamaFailure:
+    """Turn an HTTP error answer from Ollama into a failure with a retry verdict."""
+    if status == 404 and "not found" in message:
+        return OllamaFailure(ErrorCode.MODEL_NOT_FOUND, message, retryable=False)
+    # Ollama answers a wrongly typed option with a 500, but no retry can fix it.
+    if status == 500 and message.startswith('option "'):
+        return OllamaFailure(ErrorCode.BAD_REQUEST, message, retryable=False)
+    if 400 <= status < 500 and status not in (408, 429, 499):
+        return OllamaFailure(ErrorCode.BAD_REQUEST, message, retryable=False)
+    return OllamaFailure(ErrorCode.BACKEND_ERROR, message, retryable=True)
+
+
+def _error_message(response: requests.Response) -> str:
+    raw = response.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
+    try:
+        body = json.loads(raw)
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            return body["error"]
+    except ValueError:
+        pass
+    text = raw.decode("utf-8", "replace").strip()
+    return text or f"HTTP {response.status_code} from Ollama"
+
+
+def _is_read_timeout(exc: requests.RequestException) -> bool:
+    # requests wraps a read time-out met while iterating a streamed body in a
+    # ConnectionError; its cause says what really happened.
+    return isinstance(exc, requests.Timeout) or "Read timed out" in str(exc)
+
+
+class OllamaBackend:
+    """Calls Ollama with retries. Safe to call from many worker threads."""
+
+    def __init__(self, endpoint: OllamaEndpoint, policy: RetryPolicy):
+        self._endpoint = endpoint
+        self.policy = policy  # replaced whole on reload (an immutable value)
+        self._local = threading.local()
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            # Ollama is local: never let proxy variables reroute the calls.
+            session.trust_env = False
+        return session
+
+    def _base_url(self, ctx: CallContext) -> str:
+        if not self._endpoint.wait_running(ctx.deadline):
+            if ctx.remaining() <= 0:
+                raise OllamaFailure(ErrorCode.TIMEOUT,
+                                    "timed out waiting for Ollama to be running", retryable=False)
+            raise OllamaFailure(ErrorCode.UNAVAILABLE, "Ollama is not running", retryable=True)
+        url = self._endpoint.url
+        if url is None:
+            raise OllamaFailure(ErrorCode.UNAVAILABLE, "Ollama's address is not known yet",
+                                retryable=True)
+        return url
+
+    def _with_retries(self, ctx: CallContext, attempt: Callable[[], Any]) -> Any:
+        policy = self.policy
+        for try_ in policy.retrying(ctx.deadline, ctx.cancel):
+            with try_:
+                ctx.attempts += 1
+                return attempt()
+        raise AssertionError("unreachable: tenacity reraises the last failure")
+
+    def _post(self, ctx: CallContext, path: str, body: Mapping[str, Any],
+              stream: bool) -> requests.Response:
+        remaining = ctx.remaining()
+        if remaining <= 0 or ctx.cancel.is_set():
+            raise OllamaFailure(ErrorCode.TIMEOUT, "the request's deadline passed",
+                                retryable=False)
+        url = self._base_url(ctx) + path
+        read_timeout = min(self.policy.attempt_timeout, max(ctx.remaining(), 0.001))
+        try:
+            response = self._session().post(
+                url, json=body, stream=stream,
+                timeout=(min(CONNECT_TIMEOUT, read_timeout), read_timeout))
+        except requests.ConnectionError as exc:
+            if _is_read_timeout(exc):
+                raise self._timeout_failure(read_timeout) from None
+            self._endpoint.report_connection_failure()
+            raise OllamaFailure(ErrorCode.UNAVAILABLE, f"cannot reach Ollama at {url}: {exc}",
+                                retryable=True) from None
+        except requests.Timeout:
+            raise self._timeout_failure(read_timeout) from None
+        if response.status_code != 200:
+            try:
+                message = _error_message(response)
+            except requests.RequestException as exc:
+                message = f"HTTP {response.status_code} from Ollama ({exc})"
+            finally:
+                response.close()
+            raise classify_status(response.status_code, message)
+        return response
+
+    def _timeout_failure(self, seconds: float) -> OllamaFailure:
+        return OllamaFailure(ErrorCode.TIMEOUT,
+                             f"Ollama sent nothing for {seconds:.1f} s", retryable=True)
+
+    def _lines(self, ctx: CallContext, response: requests.Response) -> Iterator[dict]:
+        """The NDJSON objects of a streamed answer, honouring cancel and deadline."""
+        try:
+            for line in response.iter_lines(chunk_size=None):
+                if ctx.cancel.is_set() or ctx.remaining() <= 0:
+                    raise OllamaFailure(ErrorCode.TIMEOUT, "the request's deadline passed",
+                                        retryable=False)
+                if not line:
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    raise OllamaFailure(ErrorCode.BACKEND_ERROR,
+                                        f"Ollama sent a line that is not JSON: {line[:200]!r}",
+                                        retryable=True) from None
+                ctx.on_progress()
+                yield obj
+        except requests.RequestException as exc:
+            if _is_read_timeout(exc):
+                raise self._timeout_failure(self.policy.attempt_timeout) from None
+            raise OllamaFailure(ErrorCode.BACKEND_ERROR, f"the stream from Ollama broke: {exc}",
+                                retryable=True) from None
+        finally:
+            response.close()
+
+    # -- operations -------------------------------------------------------
+
+    def generate(self, ctx: CallContext, call: GenerationCall) -> dict[str, Any]:
+        """Run a generate or chat call; returns the generation result dict."""
+        started = time.monotonic()
+
+        def attempt() -> dict[str, Any]:
+            response = self._post(ctx, call.path, call.body, stream=True)
+            pieces: list[str] = []
+            for obj in self._lines(ctx, response):
+                if "error" in obj:
+                    raise OllamaFailure(ErrorCode.BACKEND_ERROR, str(obj["error"]),
+                                        retryable=True, streamed=bool(pieces) and
+                                        ctx.on_chunk is not None)
+                piece = call.piece(obj)
+                if piece:
+                    pieces.append(piece)
+                    if ctx.on_chunk is not None:
+                        ctx.on_chunk(piece)
+                if obj.get("done"):
+                    return call.result("".join(pieces), obj, ctx.attempts,
+                                       time.monotonic() - started)
+            raise OllamaFailure(ErrorCode.BACKEND_ERROR,
+                                "Ollama's stream ended before the final chunk",
+                                retryable=True, streamed=bool(pieces) and ctx.on_chunk is not None)
+
+        return self._with_retries(ctx, attempt)
+
+    def embed(self, ctx: CallContext, body: Mapping[str, Any]) -> dict[str, Any]:
+        def attempt() -> dict[str, Any]:
+            response = self._post(ctx, "/api/embed", body, stream=False)
+            try:
+                data = response.json()
+            except ValueError:
+                raise OllamaFailure(ErrorCode.BACKEND_ERROR, "Ollama's answer is not JSON",
+                                    retryable=True) from None
+            finally:
+                response.close()
+            return {"model": data.get("model", body["model"]),
+                    "embeddings": data.get("embeddings", []),
+                    "prompt_tokens": data.get("prompt_eval_count", 0)}
+
+        return self._with_retries(ctx, attempt)
+
+    def get_json(self, ctx: CallContext, path: str) -> dict[str, Any]:
+        """One GET (no retries): for listings such as /api/tags and /api/ps."""
+        url = self._base_url(ctx) + path
+        timeout = min(self.policy.attempt_timeout, max(ctx.remaining(), 0.001))
+        ctx.attempts += 1
+        try:
+            response = self._session().get(url, timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
+            response.raise_for_status()
+            return response.json()
+        except requests.Timeout:
+            raise self._timeout_failure(timeout) from None
+        except (requests.RequestException, ValueError) as exc:
+            raise OllamaFailure(ErrorCode.UNAVAILABLE, f"GET {path} failed: {exc}",
+                                retryable=True) from None

@@ -1,0 +1,82 @@
+"""Retry policy: an immutable value, turned into a tenacity ``Retrying`` per request.
+
+Retry only what can succeed on a retry (the classification lives with the
+failure, :attr:`OllamaFailure.retryable`). Backoff is exponential
+(2 s, 4 s, capped at 8 s by default, as the old in-process client did), and
+it never overruns the request's deadline: when the next wait would end past
+the deadline, retrying stops and the last failure is the answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import tenacity
+
+from ollamad_client.protocol import Error, ErrorCode
+
+
+class OllamaFailure(Exception):
+    """One failed attempt (or the final failure) of a call to Ollama."""
+
+    def __init__(self, code: ErrorCode, message: str, *, retryable: bool,
+                 streamed: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        #: Chunks of this attempt already reached the client: a retry would
+        #: repeat them, so the failure is final.
+        self.streamed = streamed
+
+    def to_error(self) -> Error:
+        return Error.of(self.code, self.message)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    attempt_timeout: float = 10.0
+    backoff_initial: float = 2.0
+    backoff_multiplier: float = 2.0
+    backoff_max: float = 8.0
+
+    @classmethod
+    def from_config(cls, config) -> "RetryPolicy":
+        return cls(max_attempts=config.max_attempts, attempt_timeout=config.attempt_timeout,
+                   backoff_initial=config.backoff_initial,
+                   backoff_multiplier=config.backoff_multiplier,
+                   backoff_max=config.backoff_max)
+
+    def backoff(self, failed_attempts: int) -> float:
+        """Seconds to wait after the ``failed_attempts``-th failure (1-based)."""
+        delay = self.backoff_initial * self.backoff_multiplier ** (failed_attempts - 1)
+        return min(delay, self.backoff_max)
+
+    def retrying(self, deadline: float, cancel: threading.Event,
+                 clock: Callable[[], float] = time.monotonic) -> tenacity.Retrying:
+        """A tenacity controller for one request with the given monotonic deadline.
+
+        ``cancel`` interrupts a backoff wait (daemon shutdown, request expired).
+        """
+
+        def should_retry(state: tenacity.RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome else None
+            return (isinstance(exc, OllamaFailure) and exc.retryable and not exc.streamed
+                    and not cancel.is_set())
+
+        def should_stop(state: tenacity.RetryCallState) -> bool:
+            upcoming = state.upcoming_sleep or 0.0
+            return (state.attempt_number >= self.max_attempts
+                    or clock() + upcoming >= deadline or cancel.is_set())
+
+        return tenacity.Retrying(
+            retry=should_retry,
+            stop=should_stop,
+            wait=lambda state: self.backoff(state.attempt_number),
+            sleep=cancel.wait,
+            reraise=True,
+        )

@@ -1,0 +1,80 @@
+"""Fixtures shared by every test folder.
+
+``reaper`` starts real processes in sessions of their own and, whatever the
+test did, kills every process group and descendant it knows of at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+
+class Reaper:
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen] = []
+        self._pids: set[int] = set()
+
+    def spawn(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def python(self, *args: str, **kwargs) -> subprocess.Popen:
+        return self.spawn([sys.executable, *args], **kwargs)
+
+    def track(self, *pids: int | None) -> None:
+        """Also kill these (e.g. processes a daemon under test started)."""
+        self._pids.update(pid for pid in pids if pid)
+
+    def _known(self) -> list[psutil.Process]:
+        found: dict[int, psutil.Process] = {}
+        roots = [p.pid for p in self._procs] + sorted(self._pids)
+        for pid in roots:
+            try:
+                root = psutil.Process(pid)
+            except psutil.NoSuchProcess:
+                continue
+            for proc in [root, *root.children(recursive=True)]:
+                found[proc.pid] = proc
+        return list(found.values())
+
+    def cleanup(self) -> None:
+        victims = self._known()
+        groups = set()
+        for proc in victims:
+            try:
+                groups.add(os.getpgid(proc.pid))
+            except ProcessLookupError:
+                pass
+        for pgid in groups - {os.getpgrp()}:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for proc in victims:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(victims, timeout=5)
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+@pytest.fixture
+def reaper():
+    r = Reaper()
+    try:
+        yield r
+    finally:
+        r.cleanup()

@@ -1,0 +1,181 @@
+"""A real `ollamad serve --stand-in` process per test, and ways to poke it.
+
+The daemon spawns the stand-in as its own child (a separate session), so
+teardown asks the daemon for its Ollama pid early and the reaper kills both
+trees whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from ollamad_client import Client, OllamaClient
+
+#: Settings that keep tests fast; each test may override any of them.
+TEST_CONFIG: dict[str, Any] = {
+    "backoff_initial": 0.05,
+    "backoff_max": 0.2,
+    "attempt_timeout": 5.0,
+    "shutdown_grace": 3.0,
+    "ollama": {"stand_in": True, "url": "http://127.0.0.1:0", "probe_interval": 0.5,
+               "startup_timeout": 15.0, "stop_grace": 3.0, "warm_model": True},
+    "gpu": {"poll_interval": 0.5},
+}
+
+
+def _toml(values: dict[str, Any], section: str | None = None) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(v)
+    lines = [f"[{section}]"] if section else []
+    lines += [f"{k} = {fmt(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for k, v in values.items():
+        if isinstance(v, dict):
+            lines.append(_toml(v, k))
+    return "\n".join(lines) + "\n"
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merged(base.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+class DaemonUnderTest:
+    def __init__(self, reaper, directory: Path, config: dict[str, Any],
+                 env: dict[str, str] | None, args: list[str]):
+        self.reaper = reaper
+        self.directory = directory
+        self.config_path = directory / "ollamad.toml"
+        self.config = merged(TEST_CONFIG, {"socket": f"ipc://{directory}/ollamad.sock", **config})
+        self.socket = self.config["socket"]
+        self.config_path.write_text(_toml(self.config))
+        self.log_path = directory / "daemon.log"
+        self.env = {**os.environ, "OLLAMAD_CONFIG": str(self.config_path),
+                    "PYTHONUNBUFFERED": "1", "OLLAMAD_STANDIN_TOKEN_DELAY": "0",
+                    "OLLAMAD_STANDIN_LOAD_TIME": "0", **(env or {})}
+        self.env.pop("OLLAMAD_SOCKET", None)
+        self.args = args
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "DaemonUnderTest":
+        log = open(self.log_path, "ab")
+        self.process = self.reaper.python("-m", "ollamad", "serve", *self.args, env=self.env,
+                                          stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    def wait_bound(self, timeout: float = 20.0) -> str:
+        """The endpoint the daemon bound (for a tcp port chosen by the OS)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(r"serving on (\S+) with", self.log())
+            if match:
+                self.socket = match.group(1)
+                return self.socket
+            time.sleep(0.05)
+        pytest.fail(f"daemon did not bind in {timeout} s:\n{self.log()}")
+
+    def client(self, **kwargs) -> Client:
+        return Client(self.socket, **kwargs)
+
+    def legacy(self, **kwargs) -> OllamaClient:
+        return OllamaClient(socket=self.socket, **kwargs)
+
+    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until the daemon answers and Ollama is RUNNING; returns status."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        with self.client(timeout=2.0, connect_timeout=0.5) as client:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    pytest.fail(f"daemon exited with {self.process.returncode}:\n{self.log()}")
+                try:
+                    last = client.status()
+                    self.reaper.track(last["ollama"].get("pid"))
+                    warm = self.config["ollama"].get("warm_model", True)
+                    # With warm-up on, ready means the model is loaded too, so
+                    # that the warm-up request does not overlap the test's own.
+                    if last["ollama"]["state"] == "RUNNING" and (last["ollama"]["models"] or not warm):
+                        return last
+                except Exception as exc:  # not up yet
+                    last = exc
+                time.sleep(0.05)
+        pytest.fail(f"daemon not ready in {timeout} s (last: {last!r}):\n{self.log()}")
+
+    @property
+    def ollama_url(self) -> str:
+        with self.client(timeout=5.0) as client:
+            return client.status()["ollama"]["url"]
+
+    def standin(self, method: str, path: str, **kwargs) -> Any:
+        """Call the stand-in's control endpoint (faults, state)."""
+        response = requests.request(method, self.ollama_url + path, timeout=5, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def set_fault(self, kind: str, count: int | None = None, **params: Any) -> None:
+        self.standin("POST", "/_standin/faults", json={"kind": kind, "count": count, **params})
+
+    def standin_state(self) -> dict[str, Any]:
+        return self.standin("GET", "/_standin/state")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def short_tmp():
+    # ipc paths must fit in sun_path (108 bytes): pytest's tmp_path may not.
+    with tempfile.TemporaryDirectory(prefix="od-") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture
+def daemon_factory(reaper, short_tmp):
+    made: list[DaemonUnderTest] = []
+
+    def make(config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+             args: list[str] | None = None, ready: bool = True, name: str = "d") -> DaemonUnderTest:
+        directory = short_tmp / f"{name}{len(made)}"
+        directory.mkdir()
+        daemon = DaemonUnderTest(reaper, directory, config or {}, env, args or []).start()
+        made.append(daemon)
+        if ready:
+            daemon.wait_ready()
+        return daemon
+
+    yield make
+    for daemon in made:
+        if daemon.process and daemon.process.poll() is None:
+            try:
+                daemon.stop(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+@pytest.fixture
+def daemon(daemon_factory):
+    return daemon_factory()

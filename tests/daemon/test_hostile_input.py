@@ -1,0 +1,160 @@
+"""Malformed, oversized and hostile messages never crash or wedge the daemon."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollamad_client import protocol
+
+
+def raw_socket(endpoint: str, kind: int = zmq.DEALER) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 2000)
+    sock.setsockopt(zmq.SNDTIMEO, 2000)
+    sock.connect(endpoint)
+    return sock
+
+
+def still_serves(daemon) -> None:
+    with daemon.client(timeout=10.0) as client:
+        assert client.generate("are you alive?", max_tokens=4)["text"]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12)
+
+REQUEST_SHAPES = st.fixed_dictionaries(
+    {"v": st.sampled_from([1, 1, 1, 2, "1", None]),
+     "id": st.one_of(st.text(min_size=1, max_size=12), st.integers(), st.none()),
+     "op": st.one_of(st.sampled_from(sorted(protocol.ALL_OPS)), st.text(max_size=10), st.integers()),
+     "args": st.one_of(st.dictionaries(st.sampled_from(
+         ["prompt", "prompts", "messages", "model", "temperature", "max_tokens", "options",
+          "format", "keep_alive", "input", "system"]), JSON_VALUES, max_size=5), JSON_VALUES),
+     "timeout": st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=0.05, max_value=2), JSON_VALUES),
+     "stream": st.one_of(st.booleans(), JSON_VALUES)})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(frames=st.lists(st.binary(max_size=256), min_size=1, max_size=4))
+def _random_frames(daemon, frames):
+    sock = raw_socket(daemon.socket)
+    try:
+        sock.send_multipart(frames)
+    finally:
+        sock.close()
+
+
+def test_random_frames(daemon):
+    _random_frames(daemon)
+    still_serves(daemon)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(request=REQUEST_SHAPES)
+def _wrong_shapes(daemon, request):
+    # Requests that reach Ollama are steered at a model it lacks, so each
+    # example stays cheap; the daemon must answer every one that has an id.
+    if isinstance(request.get("args"), dict) and request["op"] in ("generate", "chat", "batch", "embed"):
+        request["args"]["model"] = "absent"
+    sock = raw_socket(daemon.socket)
+    try:
+        sock.send(json.dumps(request).encode())
+        has_id = isinstance(request["id"], str) and 0 < len(request["id"]) <= 128
+        if has_id:
+            reply = None
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                msg = protocol.decode_reply(sock.recv())
+                if msg.final:
+                    reply = msg
+                    break
+            assert reply is not None and reply.id == request["id"]
+    finally:
+        sock.close()
+
+
+def test_json_of_the_wrong_shape_gets_exactly_one_final_reply(daemon):
+    _wrong_shapes(daemon)
+    still_serves(daemon)
+
+
+@pytest.mark.parametrize("body, code", [
+    (b"not json", None),
+    (b'{"v": 1, "id": "a", "op": "explode"}', "unknown_op"),
+    (b'{"v": 1, "id": "b", "op": "generate", "args": {"prompt": ["x"]}}', "bad_request"),
+    (b'{"v": 1, "id": "c", "op": "generate", "timeout": "soon"}', "bad_request"),
+    (b'{"v": 1, "id": "d", "op": "status", "stream": true}', "bad_request"),
+])
+def test_specific_bad_requests(daemon, body, code):
+    sock = raw_socket(daemon.socket)
+    try:
+        sock.send(body)
+        if code is None:
+            # No id to answer: dropped and counted (on another socket, so wait).
+            deadline = time.monotonic() + 5
+            with daemon.client() as client:
+                while client.metrics()["dropped_messages"] < 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+        else:
+            reply = protocol.decode_reply(sock.recv())
+            assert reply.error is not None and reply.error.code.value == code
+    finally:
+        sock.close()
+    still_serves(daemon)
+
+
+def test_an_oversized_message_disconnects_only_its_sender(daemon):
+    sock = raw_socket(daemon.socket)
+    try:
+        sock.send(b"x" * (protocol.DEFAULT_MAX_MESSAGE_BYTES + 1))
+        with pytest.raises(zmq.Again):
+            sock.recv()
+    finally:
+        sock.close()
+    still_serves(daemon)
+
+
+def test_the_client_refuses_to_send_an_oversized_request(daemon):
+    from ollamad_client import OllamadError
+    with daemon.client() as client, pytest.raises(OllamadError) as err:
+        client.generate("x" * protocol.DEFAULT_MAX_MESSAGE_BYTES)
+    assert err.value.code.value == "too_large"
+    still_serves(daemon)
+
+
+def test_a_req_peer_gets_its_reply(daemon):
+    sock = raw_socket(daemon.socket, zmq.REQ)
+    try:
+        sock.send(protocol.encode_request(protocol.Request(id="req-1", op="ping")))
+        reply = protocol.decode_reply(sock.recv())
+    finally:
+        sock.close()
+    assert reply.id == "req-1" and reply.result["protocol"] == 1
+
+
+def test_a_client_that_vanishes_mid_request_costs_nothing(daemon):
+    for i in range(20):
+        sock = raw_socket(daemon.socket)
+        sock.send(protocol.encode_request(protocol.Request(id=f"gone-{i}", op="generate",
+                                                           args={"prompt": "bye"})))
+        sock.close()
+    still_serves(daemon)
+
+
+def test_restart_is_refused_over_tcp(daemon_factory):
+    from ollamad_client import OllamadError
+    daemon = daemon_factory({"socket": "tcp://127.0.0.1:*"}, ready=False)
+    assert daemon.wait_bound().startswith("tcp://127.0.0.1:")
+    daemon.wait_ready()
+    with daemon.client() as client, pytest.raises(OllamadError) as err:
+        client.restart("test")
+    assert err.value.code.value == "forbidden"

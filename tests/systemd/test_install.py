@@ -1,0 +1,141 @@
+"""`ollamad install-systemd` staged into a temporary --root: files, paths, and no system commands."""
+
+from __future__ import annotations
+
+import stat
+import sys
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from ollamad import install
+from ollamad.config import example_toml
+
+
+#: The interpreter install-systemd believes it runs from: its venv's bin/ollamad
+#: is the default ExecStart=, whatever venv actually runs the tests.
+VENV_PYTHON = "/srv/venv/bin/python3"
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch):
+    """Any attempt to run systemd-sysusers, systemd-tmpfiles or systemctl fails the test."""
+    def refuse(command):
+        raise AssertionError(f"ran a system command: {command}")
+    monkeypatch.setattr(install, "run_command", refuse)
+    monkeypatch.setattr(install.sys, "executable", VENV_PYTHON)
+
+
+def installed(root: Path, path: str) -> Path:
+    return root / path.lstrip("/")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_stages_every_file(tmp_path, capsys):
+    assert install.main(["--root", str(tmp_path)]) == 0
+
+    unit = installed(tmp_path, "/etc/systemd/system/ollamad.service").read_text()
+    assert "\nExecStart=/srv/venv/bin/ollamad serve --config /etc/ollamad/ollamad.toml\n" in unit
+    assert unit == install.unit_text("/srv/venv/bin/ollamad")
+    sysusers = installed(tmp_path, "/etc/sysusers.d/ollamad.conf")
+    tmpfiles = installed(tmp_path, "/etc/tmpfiles.d/ollamad.conf")
+    assert sysusers.read_text() == install.shipped_text("ollamad.sysusers")
+    assert tmpfiles.read_text() == install.shipped_text("ollamad.tmpfiles")
+    config = installed(tmp_path, "/etc/ollamad/ollamad.toml")
+    assert config.read_text() == example_toml()
+    assert (mode(sysusers), mode(tmpfiles), mode(config)) == (0o644, 0o644, 0o640)
+
+    output = capsys.readouterr().out
+    assert "systemd-tmpfiles --create /etc/tmpfiles.d/ollamad.conf" in output
+    assert "systemctl enable --now ollamad" in output
+    assert "usermod -aG ollamad" in output
+
+
+def test_prefix_sets_the_executable(tmp_path):
+    assert install.main(["--root", str(tmp_path), "--prefix", "/opt/ollamad"]) == 0
+    unit = installed(tmp_path, "/etc/systemd/system/ollamad.service").read_text()
+    assert "\nExecStart=/opt/ollamad/bin/ollamad serve --config /etc/ollamad/ollamad.toml\n" in unit
+
+
+def test_keeps_an_existing_config_unless_forced(tmp_path, capsys):
+    config = installed(tmp_path, "/etc/ollamad/ollamad.toml")
+    config.parent.mkdir(parents=True)
+    config.write_text("workers = 4\n")
+
+    assert install.main(["--root", str(tmp_path)]) == 0
+    assert config.read_text() == "workers = 4\n"
+    assert "kept existing" in capsys.readouterr().out
+    assert installed(tmp_path, "/etc/systemd/system/ollamad.service").exists()
+
+    assert install.main(["--root", str(tmp_path), "--force"]) == 0
+    assert config.read_text() == example_toml()
+
+
+def test_rewrites_the_unit_on_reinstall(tmp_path):
+    unit = installed(tmp_path, "/etc/systemd/system/ollamad.service")
+    unit.parent.mkdir(parents=True)
+    unit.write_text("stale")
+    assert install.main(["--root", str(tmp_path), "--prefix", "/opt/x"]) == 0
+    assert unit.read_text() == install.unit_text("/opt/x/bin/ollamad")
+
+
+@pytest.mark.parametrize("prefix", ["/home/alice/venv", "/root/venv"])
+def test_refuses_an_executable_the_unit_hides(tmp_path, prefix, capsys):
+    assert install.main(["--root", str(tmp_path), "--prefix", prefix]) == 1
+    assert "ProtectHome" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_refuses_paths_execstart_cannot_hold(tmp_path, capsys):
+    assert install.main(["--root", str(tmp_path), "--prefix", "/opt/my venv"]) == 1
+    assert "ExecStart" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_unit_text_escapes_specifiers():
+    assert "\nExecStart=/opt/a%%b/bin/ollamad serve " in install.unit_text("/opt/a%b/bin/ollamad")
+    with pytest.raises(ValueError):
+        install.unit_text("venv/bin/ollamad")
+
+
+def test_points_out_an_existing_ollama_service(tmp_path, capsys):
+    ollama_unit = installed(tmp_path, "/etc/systemd/system/ollama.service")
+    ollama_unit.parent.mkdir(parents=True)
+    ollama_unit.write_text("[Service]\n")
+    assert install.main(["--root", str(tmp_path)]) == 0
+    assert "systemctl disable --now ollama" in capsys.readouterr().out
+
+
+def test_real_root_needs_root(monkeypatch, capsys):
+    def refuse(*args):
+        raise AssertionError("wrote into /")
+    monkeypatch.setattr(install, "write_file", refuse)
+    monkeypatch.setattr(install.os, "geteuid", lambda: 1000)
+    assert install.main(["--root", "/", "--prefix", "/opt/ollamad"]) == 1
+    assert "needs root" in capsys.readouterr().err
+
+
+def test_system_commands_touch_only_ollamad_files():
+    assert install.SYSTEM_COMMANDS == (
+        ("systemd-sysusers", "/etc/sysusers.d/ollamad.conf"),
+        ("systemd-tmpfiles", "--create", "/etc/tmpfiles.d/ollamad.conf"),
+        ("systemctl", "daemon-reload"),
+    )
+
+
+@pytest.mark.parametrize("path, hidden", [("/home/a/bin/ollamad", True), ("/root", True),
+                                          ("/run/user/1000/x", True), ("/homeless/bin/ollamad", False),
+                                          ("/opt/ollamad/bin/ollamad", False)])
+def test_hidden_from_service(path, hidden):
+    assert install.hidden_from_service(PurePosixPath(path)) is hidden
+
+
+def test_interpreter_of_reads_the_shebang(tmp_path):
+    script = tmp_path / "ollamad"
+    script.write_text(f"#!{sys.executable}\nimport sys\n")
+    assert install.interpreter_of(script) == Path(sys.executable).resolve()
+    script.write_bytes(b"\x7fELF")
+    assert install.interpreter_of(script) is None

@@ -1,0 +1,75 @@
+"""Config precedence and errors: defaults < TOML file < OLLAMAD_* < flags."""
+
+import pytest
+
+from ollamad import config
+from ollamad.config import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "ollamad.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_follow_the_old_client():
+    c = config.load(env={})
+    assert (c.model, c.workers, c.attempt_timeout, c.max_attempts) == ("llama3.1:8b", 8, 10.0, 3)
+    assert (c.backoff_initial, c.backoff_max) == (2.0, 8.0)
+    assert c.ollama.url == "http://127.0.0.1:11434"
+
+
+def test_file_then_environment_then_flags(tmp_path):
+    path = write(tmp_path, 'workers = 4\nmodel = "a"\n[ollama]\nprobe_interval = 2\n')
+    c = config.load(path, env={"OLLAMAD_MODEL": "b", "OLLAMAD_OLLAMA_PROBE_INTERVAL": "3.5"},
+                    overrides={"workers": 6})
+    assert (c.workers, c.model, c.ollama.probe_interval) == (6, "b", 3.5)
+
+
+def test_int_is_accepted_for_float_and_octal_string_for_mode(tmp_path):
+    c = config.load(write(tmp_path, 'attempt_timeout = 5\nsocket_mode = "0640"\n'), env={})
+    assert c.attempt_timeout == 5.0 and c.socket_mode == 0o640
+
+
+@pytest.mark.parametrize("text, key", [
+    ("workerz = 3\n", "workerz"),
+    ('workers = "8"\n', "workers"),
+    ("[ollama]\nprobe_intervall = 1\n", "ollama.probe_intervall"),
+    ("[gpu]\npoll_interval = true\n", "gpu.poll_interval"),
+    ("ollama = 3\n", "ollama"),
+    ("workers = 0\n", "workers"),
+])
+def test_bad_keys_and_types_name_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError) as err:
+        config.load(write(tmp_path, text), env={})
+    assert str(err.value).startswith(key + ":")
+
+
+def test_bad_environment_values_name_the_variable():
+    with pytest.raises(ConfigError, match="workers: expected int"):
+        config.load(env={"OLLAMAD_WORKERS": "many"})
+    with pytest.raises(ConfigError, match="OLLAMAD_WORKRS: unknown setting"):
+        config.load(env={"OLLAMAD_WORKRS": "4"})
+
+
+def test_stand_in_knobs_are_not_config_errors():
+    config.load(env={"OLLAMAD_STANDIN_TOKEN_DELAY": "0", "OLLAMAD_SOCKET": "tcp://127.0.0.1:1"})
+
+
+def test_missing_explicit_file_is_an_error_but_missing_default_is_not(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.toml", env={})
+    assert config.load(env={"OLLAMAD_CONFIG": str(write(tmp_path, "workers = 2\n"))}).workers == 2
+
+
+def test_broken_toml_is_reported(tmp_path):
+    with pytest.raises(ConfigError, match="config file"):
+        config.load(write(tmp_path, "workers = \n"), env={})
+
+
+def test_example_config_parses_and_names_every_key(tmp_path):
+    text = config.example_toml()
+    uncommented = "\n".join(line[2:] if line.startswith("# ") and " = " in line else line
+                            for line in text.splitlines())
+    path = write(tmp_path, uncommented)
+    assert config.load(path, env={}) == config.Config()
