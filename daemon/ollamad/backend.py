@@ -141,7 +141,7 @@ class OllamaBackend:
                 raise self._timeout_failure(read_timeout) from None
             self._endpoint.report_connection_failure()
             raise OllamaFailure(ErrorCode.UNAVAILABLE, f"cannot reach Ollama at {url}: {exc}",
-                                retryable=True) from None
+                                retryable=True, connection=True) from None
         except requests.Timeout:
             raise self._timeout_failure(read_timeout) from None
         if response.status_code != 200:
@@ -160,6 +160,7 @@ class OllamaBackend:
 
     def _lines(self, ctx: CallContext, response: requests.Response) -> Iterator[dict]:
         """The NDJSON objects of a streamed answer, honouring cancel and deadline."""
+        streamed_to_client = False
         try:
             for line in response.iter_lines(chunk_size=None):
                 if ctx.cancel.is_set() or ctx.remaining() <= 0:
@@ -175,11 +176,14 @@ class OllamaBackend:
                                         retryable=True) from None
                 ctx.on_progress()
                 yield obj
+                streamed_to_client = ctx.on_chunk is not None
         except requests.RequestException as exc:
             if _is_read_timeout(exc):
                 raise self._timeout_failure(self.policy.attempt_timeout) from None
+            self._endpoint.report_connection_failure()
             raise OllamaFailure(ErrorCode.BACKEND_ERROR, f"the stream from Ollama broke: {exc}",
-                                retryable=True) from None
+                                retryable=True, connection=True,
+                                streamed=streamed_to_client) from None
         finally:
             response.close()
 

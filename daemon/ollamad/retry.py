@@ -5,6 +5,12 @@ failure, :attr:`OllamaFailure.retryable`). Backoff is exponential
 (2 s, 4 s, capped at 8 s by default, as the old in-process client did), and
 it never overruns the request's deadline: when the next wait would end past
 the deadline, retrying stops and the last failure is the answer.
+
+Backoff is for an Ollama that is up but overloaded (503 "server busy"). When
+the connection itself failed (Ollama died or is restarting) the wait is a
+short ``reconnect_delay`` instead: the next attempt first waits for the
+supervisor to report Ollama RUNNING again, within the request's deadline, so
+a restart costs the request the restart time, not a 2 s backoff on top.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ class OllamaFailure(Exception):
     """One failed attempt (or the final failure) of a call to Ollama."""
 
     def __init__(self, code: ErrorCode, message: str, *, retryable: bool,
-                 streamed: bool = False):
+                 streamed: bool = False, connection: bool = False):
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
+        #: The connection to Ollama failed (refused, reset, cut mid-stream).
+        self.connection = connection
         #: Chunks of this attempt already reached the client: a retry would
         #: repeat them, so the failure is final.
         self.streamed = streamed
@@ -43,6 +51,7 @@ class RetryPolicy:
     backoff_initial: float = 2.0
     backoff_multiplier: float = 2.0
     backoff_max: float = 8.0
+    reconnect_delay: float = 0.25
 
     @classmethod
     def from_config(cls, config) -> "RetryPolicy":
@@ -51,10 +60,10 @@ class RetryPolicy:
                    backoff_multiplier=config.backoff_multiplier,
                    backoff_max=config.backoff_max)
 
-    def backoff(self, failed_attempts: int) -> float:
+    def backoff(self, failed_attempts: int, connection: bool = False) -> float:
         """Seconds to wait after the ``failed_attempts``-th failure (1-based)."""
-        delay = self.backoff_initial * self.backoff_multiplier ** (failed_attempts - 1)
-        return min(delay, self.backoff_max)
+        base = min(self.reconnect_delay, self.backoff_initial) if connection else self.backoff_initial
+        return min(base * self.backoff_multiplier ** (failed_attempts - 1), self.backoff_max)
 
     def retrying(self, deadline: float, cancel: threading.Event,
                  clock: Callable[[], float] = time.monotonic) -> tenacity.Retrying:
@@ -76,7 +85,8 @@ class RetryPolicy:
         return tenacity.Retrying(
             retry=should_retry,
             stop=should_stop,
-            wait=lambda state: self.backoff(state.attempt_number),
+            wait=lambda state: self.backoff(state.attempt_number,
+                                            getattr(state.outcome.exception(), "connection", False)),
             sleep=cancel.wait,
             reraise=True,
         )

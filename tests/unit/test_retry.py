@@ -88,3 +88,10 @@ def test_cancel_stops_retrying():
     cancel.set()
     _, attempts, _ = run(RetryPolicy(), [busy(), "ok"], cancel=cancel)
     assert attempts == 1
+
+
+def test_a_lost_connection_waits_briefly_for_the_restart_not_a_full_backoff():
+    refused = OllamaFailure(ErrorCode.UNAVAILABLE, "cannot reach Ollama", retryable=True,
+                            connection=True)
+    result, attempts, waits = run(RetryPolicy(), [refused, refused, "ok"])
+    assert (result, attempts) == ("ok", 3) and waits == [0.25, 0.5]

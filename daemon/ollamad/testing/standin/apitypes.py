@@ -1,0 +1,143 @@
+"""Ollama's request types (api/types.go) and how it validates them.
+
+Request bodies decode into these Go structs (field types decide the 400
+texts), `keep_alive` goes through api.Duration's UnmarshalJSON, and `options`
+through Options.FromMap, whose type errors are 500s. Messages that clients
+match on live here as constants, byte for byte.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ollamad.testing.standin import gojson, gotime
+from ollamad.testing.standin.gojson import ANY, BOOL, DURATION, INT, MAP, RAW, STRING
+
+SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
+RUNNER_TERMINATED = "llama runner process has terminated: exit status 2"
+MODEL_CRASHED = "an error was encountered while running the model: unexpected EOF"
+MODEL_REQUIRED = "model is required"
+MISSING_BODY = "missing request body"
+REQUEST_CANCELED = "request canceled"
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status and the `error` text.
+
+    `from_runner` marks errors that surface while a streamed answer is being
+    produced: Ollama reports those inside the NDJSON stream (or, when nothing
+    was streamed yet, with `Content-Type: application/json`).
+    """
+
+    def __init__(self, status: int, message: str, *, from_runner: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.from_runner = from_runner
+
+
+class ClientGone(Exception):
+    """The HTTP client went away; nobody is left to answer."""
+
+
+def not_found(name: str) -> ApiError:
+    return ApiError(404, f"model '{name}' not found")
+
+
+_IMAGES = gojson.slice_of(STRING, "[]api.ImageData")
+_MESSAGE = gojson.struct("api.Message", role=STRING, content=STRING, images=_IMAGES,
+                         tool_calls=gojson.slice_of(ANY, "[]api.ToolCall"))
+
+GENERATE = gojson.struct(
+    "api.GenerateRequest", model=STRING, prompt=STRING, suffix=STRING, system=STRING,
+    template=STRING, context=gojson.slice_of(INT), stream=BOOL, raw=BOOL, format=RAW,
+    keep_alive=DURATION, images=_IMAGES, options=MAP)
+CHAT = gojson.struct(
+    "api.ChatRequest", model=STRING, messages=gojson.slice_of(_MESSAGE), stream=BOOL,
+    format=RAW, keep_alive=DURATION, tools=gojson.slice_of(ANY, "api.Tools"), options=MAP)
+EMBED = gojson.struct(
+    "api.EmbedRequest", model=STRING, input=ANY, keep_alive=DURATION, truncate=BOOL,
+    options=MAP)
+EMBEDDINGS = gojson.struct(
+    "api.EmbeddingRequest", model=STRING, prompt=STRING, keep_alive=DURATION, options=MAP)
+SHOW = gojson.struct(
+    "api.ShowRequest", model=STRING, system=STRING, template=STRING, verbose=BOOL,
+    options=MAP, name=STRING)
+PULL = gojson.struct(
+    "api.PullRequest", model=STRING, insecure=BOOL, username=STRING, password=STRING,
+    stream=BOOL, name=STRING)
+
+
+def decode(body: bytes, go_type: gojson.GoType) -> dict[str, Any]:
+    """The request's fields, or ApiError(400) with Ollama's text."""
+    try:
+        fields = gojson.decode_struct(body, go_type)
+    except gojson.EmptyBody:
+        raise ApiError(400, MISSING_BODY) from None
+    except gojson.DecodeError as exc:
+        raise ApiError(400, str(exc)) from None
+    if "keep_alive" in fields:
+        fields["keep_alive"] = keep_alive_ns(fields["keep_alive"])
+    return fields
+
+
+def _go_type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    return "map[string]interface {}" if isinstance(value, dict) else "[]interface {}"
+
+
+def keep_alive_ns(value: Any) -> int:
+    """api.Duration.UnmarshalJSON: seconds or a Go duration string; negative = forever."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return gotime.FOREVER_NS if value < 0 else int(value) * gotime.NS_PER_S
+    if isinstance(value, str):
+        try:
+            ns = gotime.parse_duration(value)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        return gotime.FOREVER_NS if ns < 0 else ns
+    raise ApiError(400, f"Unsupported type: '{_go_type_name(value)}'")
+
+
+def unloads_now(keep_alive: int | None) -> bool:
+    """Ollama unloads when `int(keep_alive.Seconds()) == 0`."""
+    return keep_alive is not None and 0 <= keep_alive < gotime.NS_PER_S
+
+
+# Options.FromMap: name -> (kind, default). Unknown names are ignored.
+_OPTIONS: dict[str, tuple[str, Any]] = {
+    "numa": ("bool", False), "num_ctx": ("int", 2048), "num_batch": ("int", 512),
+    "num_gpu": ("int", -1), "main_gpu": ("int", 0), "low_vram": ("bool", False),
+    "f16_kv": ("bool", True), "logits_all": ("bool", False), "vocab_only": ("bool", False),
+    "use_mmap": ("bool", None), "use_mlock": ("bool", False), "num_thread": ("int", 0),
+    "num_keep": ("int", 4), "seed": ("int", -1), "num_predict": ("int", -1),
+    "top_k": ("int", 40), "top_p": ("float", 0.9), "min_p": ("float", 0.0),
+    "tfs_z": ("float", 1.0), "typical_p": ("float", 1.0), "repeat_last_n": ("int", 64),
+    "temperature": ("float", 0.8), "repeat_penalty": ("float", 1.1),
+    "presence_penalty": ("float", 0.0), "frequency_penalty": ("float", 0.0),
+    "mirostat": ("int", 0), "mirostat_tau": ("float", 5.0), "mirostat_eta": ("float", 0.1),
+    "penalize_newline": ("bool", True), "stop": ("array", []),
+}
+_KIND_WORD = {"int": "integer", "bool": "boolean", "float": "float", "array": "array"}
+
+
+def options(requested: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults overlaid with the request's options; ApiError(500) on a wrong type."""
+    effective = {name: default for name, (_, default) in _OPTIONS.items()}
+    for name, value in (requested or {}).items():
+        if name not in _OPTIONS or value is None:
+            continue
+        kind = _OPTIONS[name][0]
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind in ("int", "float") and is_number:
+            effective[name] = int(value) if kind == "int" else float(value)
+        elif kind == "bool" and isinstance(value, bool):
+            effective[name] = value
+        elif kind == "array" and isinstance(value, list):
+            if not all(isinstance(item, str) for item in value):
+                raise ApiError(500, f'option "{name}" must be of an array of strings')
+            effective[name] = value
+        else:
+            raise ApiError(500, f'option "{name}" must be of type {_KIND_WORD[kind]}')
+    return effective
