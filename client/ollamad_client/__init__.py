@@ -1,1 +1,59 @@
-"""Thin client for the ollamad daemon (pyzmq and the standard library only)."""
+"""Thin client for the ollamad daemon (pyzmq and the standard library only).
+
+Moving from the old in-process client is one import::
+
+    # before: from <your app>.ollama_client import get_ollama_client
+    from ollamad_client import get_ollama_client
+
+    client = get_ollama_client()
+    if client.is_available():
+        result = client.generate("Why is the sky blue?", temperature=0.2, max_tokens=200,
+                                 system_prompt="Be brief.")
+        if result["success"]:
+            print(result["text"], result["tokens"], result["response_time"])
+        else:
+            print("failed:", result["error_code"], result["error"])
+    results = client.generate_batch(["one", "two"])   # dicts, in prompt order
+    client.shutdown()
+
+:class:`OllamaClient` never raises for request failures. New code may use
+:class:`Client` (or :class:`AsyncClient`), which raises one
+:class:`OllamadError` subclass per error code and adds streaming, chat,
+embeddings and the daemon's status::
+
+    from ollamad_client import Client, Busy
+
+    with Client() as client:                  # $OLLAMAD_SOCKET or ipc:///run/ollamad/ollamad.sock
+        text = client.generate("Hi", max_tokens=50)["text"]
+        stream = client.stream("Tell me a story")
+        for piece in stream:
+            print(piece, end="", flush=True)
+        print(stream.result["tokens_per_second"])
+
+The old client's Ollama URL, per-attempt time-out, retries and 8 workers are
+now the daemon's configuration.
+"""
+
+from . import protocol
+from ._async import AsyncClient, AsyncStream
+from ._calls import DEFAULT_ENDPOINT, SOCKET_ENV, GenerationOptions
+from ._legacy import LegacyStream, OllamaClient, get_ollama_client
+from ._sync import Client, Stream
+from .errors import (ERROR_CLASSES, BackendError, BadRequest, Busy, Forbidden, InternalError,
+                     ModelNotFound, OllamadError, RequestTimeout, ShuttingDown, TooLarge,
+                     Unavailable, UnknownOp, error_for)
+from .protocol import ErrorCode
+
+__all__ = [
+    # modern API
+    "Client", "Stream", "AsyncClient", "AsyncStream", "GenerationOptions",
+    "DEFAULT_ENDPOINT", "SOCKET_ENV",
+    # legacy API
+    "OllamaClient", "LegacyStream", "get_ollama_client",
+    # errors
+    "OllamadError", "BadRequest", "UnknownOp", "TooLarge", "Busy", "RequestTimeout",
+    "BackendError", "ModelNotFound", "Unavailable", "ShuttingDown", "Forbidden",
+    "InternalError", "ERROR_CLASSES", "ErrorCode", "error_for",
+    # the wire protocol
+    "protocol",
+]

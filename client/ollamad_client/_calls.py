@@ -1,0 +1,279 @@
+"""Request building and result shaping, shared by ``Client`` and ``AsyncClient``.
+
+Nothing here touches a socket. A public method turns its arguments into a
+:class:`Call` (op, args, timeout, and how to shape the result); the client
+encodes it into an :class:`Outgoing` frame, sends it and waits in its own way
+(blocking poll or ``await``), and :func:`finish` turns the final reply into
+the method's return value or raises the matching :class:`OllamadError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from . import protocol
+from .errors import (InternalError, OllamadError, RequestTimeout, TooLarge, Unavailable,
+                     from_error_object, from_wire)
+
+#: Where the daemon listens unless told otherwise.
+DEFAULT_ENDPOINT = "ipc:///run/ollamad/ollamad.sock"
+#: Environment variable that overrides :data:`DEFAULT_ENDPOINT` (daemon, CLI and client alike).
+SOCKET_ENV = "OLLAMAD_SOCKET"
+#: Seconds the client waits beyond a request's own timeout: the daemon answers
+#: ``timeout`` itself at the deadline, and that answer says more than silence.
+REPLY_GRACE = 0.5
+#: Most prompts one ``batch`` op may carry; longer lists are split into several ops.
+MAX_BATCH_PROMPTS = 256
+
+
+class GenerationOptions(TypedDict, total=False):
+    """Keyword arguments common to ``generate``, ``chat``, their streams and ``batch``.
+
+    ``None`` means "not given": the daemon's default applies.
+
+    - ``model``: Ollama model name (default: the client's ``model``, else the daemon's).
+    - ``system``: system prompt.
+    - ``temperature``: sampling temperature.
+    - ``max_tokens``: most tokens to generate (Ollama's ``num_predict``; the daemon caps it).
+    - ``format``: ``"json"`` or a JSON schema object.
+    - ``options``: passed to Ollama (``seed``, ``stop``, ``num_ctx``, ``top_p`` ...);
+      ``temperature``/``max_tokens`` win over it.
+    - ``keep_alive``: how long Ollama keeps the model loaded (``"10m"`` or seconds).
+    """
+
+    model: str | None
+    system: str | None
+    temperature: float | None
+    max_tokens: int | None
+    format: str | Mapping[str, Any] | None
+    options: Mapping[str, Any] | None
+    keep_alive: str | float | None
+
+
+_GENERATION_KEYS = frozenset(GenerationOptions.__annotations__)
+
+_ID_PREFIX = secrets.token_hex(4)
+_id_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """An id unique to this process and this request."""
+    # The pid keeps ids unique across fork (a child inherits the counter); the
+    # random prefix across processes that reuse a pid or share a tcp daemon.
+    return f"{_ID_PREFIX}-{os.getpid()}-{next(_id_counter)}"
+
+
+def default_endpoint() -> str:
+    return os.environ.get(SOCKET_ENV) or DEFAULT_ENDPOINT
+
+
+def check_timeout(value: Any, name: str = "timeout") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 < value <= protocol.MAX_TIMEOUT:
+        raise ValueError(f"{name} must be a number of seconds in (0, {protocol.MAX_TIMEOUT:g}], "
+                         f"not {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One op to send, and how to turn its result into the caller's value."""
+
+    op: str
+    args: Mapping[str, Any]
+    timeout: float
+    stream: bool = False
+    shape: Callable[[dict[str, Any]], Any] = dict
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An encoded :class:`Call`, ready to send."""
+
+    call: Call
+    request_id: str
+    frame: bytes
+    #: ``time.monotonic()`` by which the final reply must have arrived.
+    deadline: float
+
+    def remaining_ms(self) -> int:
+        """Milliseconds left until the deadline (0 when it has passed)."""
+        return poll_ms(self.deadline - time.monotonic())
+
+
+def poll_ms(seconds: float) -> int:
+    """``seconds`` as a ZeroMQ poll time-out: whole milliseconds, rounded up, never negative."""
+    return max(0, math.ceil(seconds * 1000))
+
+
+def unreachable(endpoint: str, connect_timeout: float) -> Unavailable:
+    return Unavailable(f"ollamad is not reachable at {endpoint} (no connection within "
+                       f"{connect_timeout:g} s); is the daemon running?")
+
+
+def went_away(endpoint: str) -> Unavailable:
+    return Unavailable(f"ollamad at {endpoint} closed the connection before answering")
+
+
+def no_reply(endpoint: str, outgoing: Outgoing) -> RequestTimeout:
+    return RequestTimeout(f"no reply from ollamad at {endpoint} within "
+                          f"{outgoing.call.timeout:g} s (+{REPLY_GRACE:g} s grace)")
+
+
+def accept(frame: bytes, request_id: str) -> protocol.Reply | None:
+    """The decoded reply if it answers ``request_id``; ``None`` to drop it.
+
+    Replies to other ids (requests this socket no longer waits for) and
+    frames that are not protocol replies are dropped.
+    """
+    try:
+        reply = protocol.decode_reply(frame)
+    except protocol.ProtocolError:
+        return None
+    return reply if reply.id == request_id else None
+
+
+def chunk_text(reply: protocol.Reply) -> str:
+    chunk = reply.chunk
+    text = chunk.get("text") if isinstance(chunk, Mapping) else None
+    return text if isinstance(text, str) else ""
+
+
+def finish(call: Call, reply: protocol.Reply) -> Any:
+    """The caller's value for a final reply, or raise the reply's error."""
+    if reply.error is not None:
+        raise from_wire(reply.error, reply.attempts)
+    return call.shape(dict(reply.result or {}))
+
+
+def join_batch(calls: Sequence[Call], outcomes: Sequence[list[Any] | OllamadError]) -> list[Any]:
+    """One item per prompt, in order, from the outcomes of the batch ops.
+
+    An op that failed as a whole (daemon down, time-out, bad arguments)
+    contributes its error once per prompt it carried, so the results of the
+    ops that did succeed are never lost.
+    """
+    items: list[Any] = []
+    for call, outcome in zip(calls, outcomes, strict=True):
+        if isinstance(outcome, OllamadError):
+            items.extend([outcome] * len(call.args["prompts"]))
+        else:
+            items.extend(outcome)
+    return items
+
+
+def _batch_items(result: dict[str, Any], expected: int) -> list[Any]:
+    items = result.get("results")
+    if not isinstance(items, list) or len(items) != expected:
+        got = len(items) if isinstance(items, list) else "no"
+        raise InternalError(f"the daemon answered {got} batch results for {expected} prompts")
+    return [item["result"] if isinstance(item, dict) and item.get("ok") is True
+            else from_error_object(item.get("error") if isinstance(item, dict) else None)
+            for item in items]
+
+
+def _embeddings(result: dict[str, Any]) -> list[list[float]]:
+    vectors = result.get("embeddings")
+    if not isinstance(vectors, list):
+        raise InternalError("the daemon's embed result has no 'embeddings' list")
+    return vectors
+
+
+class ClientBase:
+    """Configuration and request building shared by the sync and async clients."""
+
+    def __init__(self, socket: str | None = None, *, model: str | None = None,
+                 timeout: float = protocol.DEFAULT_TIMEOUT, connect_timeout: float = 1.0,
+                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES):
+        #: The daemon's ZeroMQ endpoint (``ipc://...`` or ``tcp://host:port``).
+        self.endpoint = socket or default_endpoint()
+        #: Model for generation calls that name none (``None``: the daemon's default).
+        self.model = model
+        #: Default deadline of a request, in seconds.
+        self.timeout = check_timeout(timeout)
+        #: How long a call waits for a connection to the daemon before raising ``Unavailable``.
+        self.connect_timeout = check_timeout(connect_timeout, "connect_timeout")
+        #: Largest request this client sends (the daemon disconnects bigger senders silently).
+        self.max_message_bytes = int(max_message_bytes)
+        self._closed = False
+        self._init_transport()
+
+    def _init_transport(self) -> None:
+        """Set up the subclass's socket bookkeeping."""
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<{type(self).__name__} {self.endpoint}{state}>"
+
+    # -- building calls -----------------------------------------------------
+
+    def _call(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None,
+              *, stream: bool = False, shape: Callable[[dict[str, Any]], Any] = dict) -> Call:
+        seconds = self.timeout if timeout is None else check_timeout(timeout)
+        return Call(op, dict(args or {}), seconds, stream, shape)
+
+    def _generation_call(self, op: str, key: str, value: Any, generation: Mapping[str, Any],
+                         timeout: float | None, stream: bool = False) -> Call:
+        return self._call(op, {key: value, **self._generation_args(generation)}, timeout,
+                          stream=stream)
+
+    def _generation_args(self, generation: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = generation.keys() - _GENERATION_KEYS
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        args = {key: value for key, value in generation.items() if value is not None}
+        if self.model and "model" not in args:
+            args["model"] = self.model
+        return args
+
+    def _batch_calls(self, prompts: Sequence[str], generation: Mapping[str, Any],
+                     timeout: float | None) -> list[Call]:
+        if isinstance(prompts, str):
+            raise TypeError("batch() takes a list of prompts, not one string")
+        prompts = list(prompts)
+        common = self._generation_args(generation)
+        return [self._call("batch", {"prompts": part, **common}, timeout,
+                           shape=functools.partial(_batch_items, expected=len(part)))
+                for part in (prompts[i:i + MAX_BATCH_PROMPTS]
+                             for i in range(0, len(prompts), MAX_BATCH_PROMPTS))]
+
+    def _embed_call(self, input: str | Sequence[str], model: str | None,
+                    timeout: float | None) -> Call:
+        args: dict[str, Any] = {"input": input if isinstance(input, str) else list(input)}
+        if model or self.model:
+            args["model"] = model or self.model
+        return self._call("embed", args, timeout, shape=_embeddings)
+
+    def _restart_call(self, reason: str | None, timeout: float | None) -> Call:
+        return self._call("restart", {"reason": reason} if reason else {}, timeout)
+
+    # -- encoding and errors ------------------------------------------------
+
+    def _encode(self, call: Call) -> Outgoing:
+        """Encode ``call``, refusing what must not be sent (closed client, too large)."""
+        if self._closed:
+            raise Unavailable(f"this {type(self).__name__} is closed")
+        request_id = new_request_id()
+        request = protocol.Request(request_id, call.op, call.args, call.timeout, call.stream)
+        try:
+            frame = protocol.encode_request(request)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{call.op} arguments are not JSON-serialisable: {exc}") from None
+        if len(frame) > self.max_message_bytes:
+            # libzmq would disconnect us without a word: refuse before the socket sees it.
+            raise TooLarge(f"request is {len(frame)} bytes; the limit is "
+                           f"{self.max_message_bytes} (max_message_bytes)")
+        return Outgoing(call, request_id, frame, time.monotonic() + call.timeout + REPLY_GRACE)

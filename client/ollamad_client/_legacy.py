@@ -1,0 +1,279 @@
+"""The legacy-compatible API: :class:`OllamaClient` and :func:`get_ollama_client`.
+
+Code written against the old in-process Ollama client keeps working by
+changing its import. These methods never raise for request failures: they
+return the old result dicts with ``success=False`` and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from ._sync import Client, Stream
+from .errors import OllamadError
+
+#: How long ``is_available()`` waits for the daemon's health answer.
+AVAILABILITY_TIMEOUT = 1.0
+#: Deadline of the status/models/metrics queries behind health_check and get_metrics.
+QUERY_TIMEOUT = 5.0
+
+_METRICS_WHEN_DOWN: dict[str, Any] = {
+    "total_requests": 0, "successful_requests": 0, "failed_requests": 0,
+    "success_rate": 0.0, "average_response_time": 0.0,
+}
+
+
+def _success(result: Mapping[str, Any], elapsed: float) -> dict[str, Any]:
+    outcome = {
+        "text": result.get("text", ""),
+        "success": True,
+        "response_time": result.get("response_time", elapsed),
+        "attempts": result.get("attempts", 1),
+        "tokens": result.get("tokens", 0),
+        "error": None,
+        "model": result.get("model"),
+        "done_reason": result.get("done_reason"),
+        "prompt_tokens": result.get("prompt_tokens", 0),
+        "completion_tokens": result.get("completion_tokens", 0),
+        "tokens_per_second": result.get("tokens_per_second", 0.0),
+        "error_code": None,
+    }
+    if "message" in result:  # chat
+        outcome["message"] = result["message"]
+    return outcome
+
+
+def _failure(error: OllamadError, elapsed: float, model: str | None) -> dict[str, Any]:
+    return {
+        "text": "", "success": False, "response_time": elapsed,
+        "attempts": error.attempts or 0, "tokens": 0, "error": error.message,
+        "model": model, "done_reason": None, "prompt_tokens": 0, "completion_tokens": 0,
+        "tokens_per_second": 0.0, "error_code": error.code.value,
+    }
+
+
+def _has_model(names: Iterable[str], model: str | None) -> bool:
+    if not model:
+        return False
+    wanted = {model, model if ":" in model else f"{model}:latest"}
+    return any(name in wanted for name in names)
+
+
+class OllamaClient:
+    """Drop-in replacement for the old in-process Ollama client, served by ollamad.
+
+    ``base_url``, ``timeout`` (the old per-attempt timeout), ``max_retries``
+    and ``max_workers`` are accepted for compatibility only: the Ollama URL,
+    attempt time-out, retries and worker pool are now the daemon's
+    configuration, and these arguments change nothing. ``model`` is the model
+    for calls that name none (default: the daemon's, ``llama3.1:8b`` unless
+    configured otherwise). ``socket`` is the daemon's endpoint (default
+    ``$OLLAMAD_SOCKET`` or ``ipc:///run/ollamad/ollamad.sock``);
+    ``request_timeout`` the overall deadline of each request in seconds;
+    ``connect_timeout`` how long a call waits for the daemon to accept a
+    connection before reporting ``unavailable``.
+
+    Thread-safe. Methods never raise for request failures: results carry
+    ``success=False``, ``error`` (the message) and ``error_code``.
+    """
+
+    def __init__(self, base_url: str | None = None, model: str | None = None,
+                 timeout: float | None = None, max_retries: int | None = None,
+                 max_workers: int | None = None, *, socket: str | None = None,
+                 request_timeout: float = 60.0, connect_timeout: float = 1.0):
+        self.base_url = base_url
+        self.model = model
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.max_workers = max_workers
+        self.request_timeout = request_timeout
+        #: The underlying exception-raising :class:`Client`, for code moving on to it.
+        self.client = Client(socket, model=model, timeout=request_timeout,
+                             connect_timeout=connect_timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self.client.closed
+
+    def is_available(self) -> bool:
+        """True when the daemon answers ``health`` promptly and is not unhealthy."""
+        try:
+            health = self.client.health(timeout=AVAILABILITY_TIMEOUT)
+        except OllamadError:
+            return False
+        return health.get("status") != "unhealthy"
+
+    def health_check(self) -> dict[str, Any]:
+        """``status`` ("healthy" | "degraded" | "unhealthy"), ``healthy``, ``model``,
+        ``model_available``, ``available_models``, ``error`` and ``details``
+        (the daemon's health result; ``None`` when the daemon is down)."""
+        try:
+            status = self.client.status(timeout=QUERY_TIMEOUT)
+        except OllamadError as exc:
+            return {"status": "unhealthy", "healthy": False, "model": self.model,
+                    "model_available": False, "available_models": [], "error": exc.message,
+                    "error_code": exc.code.value, "details": None}
+        details = status.get("health") or {}
+        model = self.model or (status.get("daemon") or {}).get("model")
+        problems = [str(reason) for reason in details.get("reasons") or []]
+        try:
+            listing = self.client.models(timeout=QUERY_TIMEOUT)
+            names = [m["name"] for m in listing.get("models") or [] if isinstance(m, dict)
+                     and isinstance(m.get("name"), str)]
+        except OllamadError as exc:
+            names = []
+            problems.append(f"cannot list models: {exc.message}")
+        available = _has_model(names, model)
+        state = details.get("status")
+        if state == "ok":  # docs/protocol.md's name for it; the legacy API says "healthy"
+            state = "healthy"
+        if state not in ("healthy", "degraded", "unhealthy"):
+            state = "unhealthy"
+        if state == "healthy" and not available:
+            state = "degraded"
+            if not problems:
+                problems.append(f"model {model!r} is not available in Ollama")
+        return {"status": state, "healthy": state == "healthy", "model": model,
+                "model_available": available, "available_models": names,
+                "error": "; ".join(problems) or None, "error_code": None, "details": details}
+
+    def generate(self, prompt: str, temperature: float = 0.7, max_tokens: int | None = None,
+                 system_prompt: str | None = None, **extra: Any) -> dict[str, Any]:
+        """Generate a completion; ``extra`` takes ``model``, ``format``,
+        ``options``, ``keep_alive`` and ``timeout`` (see ``Client.generate``).
+
+        Returns ``text, success, response_time, attempts, tokens, error`` plus
+        ``model, done_reason, prompt_tokens, completion_tokens,
+        tokens_per_second, error_code``.
+        """
+        return self._outcome(lambda: self.client.generate(
+            prompt, temperature=temperature, max_tokens=max_tokens, system=system_prompt,
+            **extra), extra.get("model"))
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], temperature: float = 0.7,
+             max_tokens: int | None = None, system_prompt: str | None = None,
+             **extra: Any) -> dict[str, Any]:
+        """Chat completion; the dict of :meth:`generate` plus ``message`` on success."""
+        return self._outcome(lambda: self.client.chat(
+            messages, temperature=temperature, max_tokens=max_tokens, system=system_prompt,
+            **extra), extra.get("model"))
+
+    def generate_batch(self, prompts: Sequence[str], temperature: float = 0.7,
+                       max_tokens: int | None = None, system_prompt: str | None = None,
+                       **extra: Any) -> list[dict[str, Any]]:
+        """One :meth:`generate`-style dict per prompt, in prompt order, run by
+        the daemon's worker pool."""
+        started = time.monotonic()
+        items = self.client.batch(prompts, temperature=temperature, max_tokens=max_tokens,
+                                  system=system_prompt, **extra)
+        elapsed = time.monotonic() - started
+        return [_failure(item, elapsed, extra.get("model") or self.model)
+                if isinstance(item, OllamadError) else _success(item, elapsed)
+                for item in items]
+
+    def stream(self, prompt: str, temperature: float = 0.7, max_tokens: int | None = None,
+               system_prompt: str | None = None, **extra: Any) -> LegacyStream:
+        """Text pieces as they arrive; ``.result`` holds the :meth:`generate` dict after."""
+        stream = self.client.stream(prompt, temperature=temperature, max_tokens=max_tokens,
+                                    system=system_prompt, **extra)
+        return LegacyStream(stream, extra.get("model") or self.model)
+
+    def embed(self, input: str | Sequence[str], model: str | None = None) -> dict[str, Any]:
+        """``{"embeddings", "success", "error", "error_code", "response_time", "model"}``."""
+        started = time.monotonic()
+        try:
+            vectors = self.client.embed(input, model=model)
+        except OllamadError as exc:
+            return {"embeddings": [], "success": False, "error": exc.message,
+                    "error_code": exc.code.value, "response_time": time.monotonic() - started,
+                    "model": model or self.model}
+        return {"embeddings": vectors, "success": True, "error": None, "error_code": None,
+                "response_time": time.monotonic() - started, "model": model or self.model}
+
+    def get_metrics(self) -> dict[str, Any]:
+        """The daemon's metrics (``total_requests``, ``successful_requests``,
+        ``failed_requests``, ``success_rate``, ``average_response_time`` and
+        more); zeros and ``error`` when the daemon is down."""
+        try:
+            return self.client.metrics(timeout=QUERY_TIMEOUT)
+        except OllamadError as exc:
+            return {**_METRICS_WHEN_DOWN, "error": exc.message, "error_code": exc.code.value}
+
+    def shutdown(self) -> None:
+        """Close the sockets; idempotent. Later calls report ``unavailable``."""
+        self.client.close()
+
+    def __enter__(self) -> OllamaClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def _outcome(self, run: Callable[[], Mapping[str, Any]], model: str | None) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            result = run()
+        except OllamadError as exc:
+            return _failure(exc, time.monotonic() - started, model or self.model)
+        return _success(result, time.monotonic() - started)
+
+
+class LegacyStream:
+    """Iterator of text pieces that never raises for request failures; after
+    exhaustion ``result`` holds the :meth:`OllamaClient.generate` dict."""
+
+    def __init__(self, stream: Stream, model: str | None):
+        self._stream = stream
+        self._model = model
+        self._started = time.monotonic()
+        self.result: dict[str, Any] | None = None
+
+    def __iter__(self) -> LegacyStream:
+        return self
+
+    def __next__(self) -> str:
+        if self.result is not None:
+            raise StopIteration
+        try:
+            return next(self._stream)
+        except StopIteration:
+            if self._stream.result is not None:  # None: closed before the end
+                self.result = _success(self._stream.result, time.monotonic() - self._started)
+            raise
+        except OllamadError as exc:
+            self.result = _failure(exc, time.monotonic() - self._started, self._model)
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+_shared: OllamaClient | None = None
+_shared_pid = 0
+_shared_lock = threading.Lock()
+
+
+def get_ollama_client(**kwargs: Any) -> OllamaClient:
+    """The process-wide :class:`OllamaClient`, made on first use with ``kwargs``.
+
+    Later calls return the same instance and ignore ``kwargs``. After its
+    ``shutdown()``, or in a forked child, a new one is made.
+    """
+    global _shared, _shared_pid
+    with _shared_lock:
+        if _shared is None or _shared.closed or _shared_pid != os.getpid():
+            _shared, _shared_pid = OllamaClient(**kwargs), os.getpid()
+        return _shared
+
+
+def _after_fork_in_child() -> None:
+    # Another parent thread may have held the lock at fork time.
+    global _shared_lock
+    _shared_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,214 @@
+"""The blocking client: :class:`Client` and its :class:`Stream`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Unpack
+
+from ._calls import Call, ClientBase, GenerationOptions, Outgoing, chunk_text, finish, join_batch
+from ._connection import Channel, ThreadChannels
+from .errors import OllamadError
+
+
+class Client(ClientBase):
+    """Blocking client for ollamad; failures raise :class:`OllamadError` subclasses.
+
+    ``Client(socket=None, *, model=None, timeout=60.0, connect_timeout=1.0,
+    max_message_bytes=4 MiB)``: ``socket`` is the daemon's ZeroMQ endpoint
+    (default ``$OLLAMAD_SOCKET`` or ``ipc:///run/ollamad/ollamad.sock``);
+    ``model`` the model for calls that name none (default: the daemon's);
+    ``timeout`` each request's default deadline in seconds; ``connect_timeout``
+    how long a call waits for a connection before raising ``Unavailable``.
+
+    Share one client between threads freely: each thread gets its own socket.
+    After a time-out (or any interruption) that thread's socket is replaced,
+    so a late reply can never be taken for a newer request. Safe after
+    ``fork()``: the child makes its own sockets.
+    """
+
+    def _init_transport(self) -> None:
+        self._channels = ThreadChannels(self.endpoint)
+
+    # -- the generic call ---------------------------------------------------
+
+    def request(self, op: str, args: Mapping[str, Any] | None = None, *,
+                timeout: float | None = None) -> dict[str, Any]:
+        """Send any op with ``args``; returns its result object."""
+        return self._run(self._call(op, args, timeout))
+
+    # -- generation ---------------------------------------------------------
+
+    def generate(self, prompt: str, *, timeout: float | None = None,
+                 **generation: Unpack[GenerationOptions]) -> dict[str, Any]:
+        """Generate a completion; returns the daemon's generation result
+        (``text``, ``model``, ``done_reason``, ``prompt_tokens``,
+        ``completion_tokens``, ``tokens``, ``tokens_per_second``, ``attempts``,
+        ``response_time`` and Ollama's durations)."""
+        return self._run(self._generation_call("generate", "prompt", prompt, generation, timeout))
+
+    def stream(self, prompt: str, *, timeout: float | None = None,
+               **generation: Unpack[GenerationOptions]) -> Stream:
+        """Like :meth:`generate`, as an iterator of text pieces; ``.result`` at the end."""
+        return Stream(self, self._generation_call("generate", "prompt", prompt, generation,
+                                                  timeout, stream=True))
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], *, timeout: float | None = None,
+             **generation: Unpack[GenerationOptions]) -> dict[str, Any]:
+        """Chat completion over ``messages`` (``{"role", "content"}`` dicts); the
+        result adds ``message`` (``{"role": "assistant", "content"}``)."""
+        return self._run(self._generation_call("chat", "messages", list(messages), generation,
+                                               timeout))
+
+    def stream_chat(self, messages: Sequence[Mapping[str, Any]], *, timeout: float | None = None,
+                    **generation: Unpack[GenerationOptions]) -> Stream:
+        """Like :meth:`chat`, as an iterator of text pieces; ``.result`` at the end."""
+        return Stream(self, self._generation_call("chat", "messages", list(messages), generation,
+                                                  timeout, stream=True))
+
+    def batch(self, prompts: Sequence[str], *, timeout: float | None = None,
+              **generation: Unpack[GenerationOptions]) -> list[dict[str, Any] | OllamadError]:
+        """Generate for every prompt; one item per prompt, in order: the result,
+        or the :class:`OllamadError` for that prompt (never raised).
+
+        More than 256 prompts go as several batch ops, one after another (one
+        op already keeps all of the daemon's workers busy); ``timeout`` applies
+        to each op.
+        """
+        calls = self._batch_calls(prompts, generation, timeout)
+        return join_batch(calls, [self._settled(call) for call in calls])
+
+    def embed(self, input: str | Sequence[str], *, model: str | None = None,
+              timeout: float | None = None) -> list[list[float]]:
+        """One embedding vector per input string."""
+        return self._run(self._embed_call(input, model, timeout))
+
+    # -- queries ------------------------------------------------------------
+
+    def models(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """``{"models": [...], "loaded": [...]}``: Ollama's installed and loaded models."""
+        return self.request("models", timeout=timeout)
+
+    def health(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """``{"healthy", "status", "reasons", "ollama", "gpu"}``."""
+        return self.request("health", timeout=timeout)
+
+    def status(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """``{"daemon", "pool", "ollama", "gpu", ...}``: the daemon's state."""
+        return self.request("status", timeout=timeout)
+
+    def metrics(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """Request counters and latency figures."""
+        return self.request("metrics", timeout=timeout)
+
+    def gpu(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The latest GPU snapshot."""
+        return self.request("gpu", timeout=timeout)
+
+    def ping(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """``{"protocol", "version", "pid", "max_message_bytes"}``."""
+        return self.request("ping", timeout=timeout)
+
+    def restart(self, reason: str | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+        """Admin op: restart Ollama. Raises ``Forbidden`` for non-admin callers."""
+        return self._run(self._restart_call(reason, timeout))
+
+    # -- lifetime -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every socket of this client; later calls raise ``Unavailable``.
+
+        Idempotent, and safe while other threads are mid-call: each of their
+        sockets is closed when its call ends.
+        """
+        self._closed = True
+        self._channels.close_all()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the exchange -------------------------------------------------------
+
+    def _run(self, call: Call) -> Any:
+        outgoing = self._encode(call)
+        channel = self._channels.current()
+        channel.send(outgoing, self.connect_timeout)  # if this fails, nothing is outstanding
+        try:
+            reply = channel.receive(outgoing)
+            while not reply.final:  # chunks only come to streams; skip any
+                reply = channel.receive(outgoing)
+        except BaseException:
+            # Lazy Pirate: the request is still outstanding on this socket, so
+            # the socket must never carry a newer one.
+            self._channels.discard_current()
+            raise
+        return finish(call, reply)
+
+    def _settled(self, call: Call) -> Any:
+        """The call's value, or the OllamadError it failed with."""
+        try:
+            return self._run(call)
+        except OllamadError as exc:
+            return exc
+
+
+class Stream:
+    """The text pieces of a streamed generation, as they arrive.
+
+    Iterate it; after the last piece ``result`` holds the daemon's final
+    generation result (or iteration raises the request's ``OllamadError``).
+    Nothing is sent until the first ``next()``.
+
+    A stream has a socket of its own, closed when the stream ends, on
+    :meth:`close`, on leaving a ``with`` block, or when the stream is garbage
+    collected: abandoning a stream cancels it (the daemon sees its peer go),
+    and its leftover chunks have nowhere to land.
+    """
+
+    def __init__(self, client: Client, call: Call):
+        self._client = client
+        self._call = call
+        self._channel: Channel | None = None
+        self._outgoing: Outgoing | None = None
+        self._done = False
+        #: The final generation result, once the stream is exhausted.
+        self.result: dict[str, Any] | None = None
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> str:
+        if self._done:
+            raise StopIteration
+        try:
+            if self._channel is None:
+                self._start()
+            assert self._channel is not None and self._outgoing is not None
+            reply = self._channel.receive(self._outgoing)
+        except BaseException:
+            self.close()
+            raise
+        if not reply.final:
+            return chunk_text(reply)
+        self.close()
+        self.result = finish(self._call, reply)
+        raise StopIteration
+
+    def _start(self) -> None:
+        self._outgoing = self._client._encode(self._call)
+        self._channel = self._client._channels.new()
+        self._channel.send(self._outgoing, self._client.connect_timeout)
+
+    def close(self) -> None:
+        """Stop the stream and close its socket; idempotent."""
+        self._done = True
+        if self._channel is not None:
+            self._channel.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
