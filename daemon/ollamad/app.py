@@ -31,9 +31,9 @@ from ollamad.metrics import Metrics
 from ollamad.notify import Notifier, format_status
 from ollamad.ops import Dispatcher
 from ollamad.pool import ProgressTracker, WorkerPool
-from ollamad.retry import RetryPolicy
+from ollamad.retry import OllamaFailure, RetryPolicy
 from ollamad.server import Incoming, Outbox, Peer, RouterSocket
-from ollamad.supervisor import Supervisor
+from ollamad.supervisor import Supervisor, SupervisorError
 from ollamad_client import protocol
 from ollamad_client.protocol import Error, ErrorCode, ProtocolError
 
@@ -340,7 +340,10 @@ class Daemon:
         return self.gpu_monitor.snapshot()
 
     def restart_ollama(self, reason: str) -> dict[str, Any]:
-        self.supervisor.request_restart(reason)
+        try:
+            self.supervisor.request_restart(reason)
+        except SupervisorError as exc:  # external mode without a restart command
+            raise OllamaFailure(ErrorCode.UNAVAILABLE, str(exc), retryable=False) from None
         return {"restarted": True, "reason": reason}
 
     def is_admin(self, peer: Peer) -> bool:

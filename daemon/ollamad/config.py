@@ -50,12 +50,15 @@ class OllamaSettings:
     stop_grace: float = 10.0
     probe_interval: float = 5.0
     probe_timeout: float = 2.0
-    inference_probe_timeout: float = 10.0
+    #: Kept below 2 × probe_interval so a wedge is caught within 3 intervals.
+    inference_probe_timeout: float = 8.0
     #: Hung = the inference probe fails and no in-flight generation has made
     #: progress for this long (or none is in flight).
     hang_after: float = 30.0
     warm_model: bool = True
     keep_alive: str = "30m"
+    #: The first restart in a window is immediate; later ones wait this,
+    #: doubling up to restart_backoff_max.
     restart_backoff_initial: float = 1.0
     restart_backoff_max: float = 30.0
     max_restarts: int = 5
@@ -247,7 +250,8 @@ def load(path: str | os.PathLike[str] | None = None,
     return _validate(config)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """One value written as TOML (strings, numbers and booleans)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -265,10 +269,10 @@ def example_toml() -> str:
         if f.name in _SECTIONS:
             continue
         value = getattr(defaults, f.name)
-        shown = f'"{value:04o}"' if f.name == "socket_mode" else _toml_value(value)
+        shown = f'"{value:04o}"' if f.name == "socket_mode" else toml_value(value)
         lines.append(f"# {f.name} = {shown}")
     for section in _SECTIONS:
         lines += ["", f"[{section}]"]
         for f in fields(_SECTIONS[section]):
-            lines.append(f"# {f.name} = {_toml_value(getattr(getattr(defaults, section), f.name))}")
+            lines.append(f"# {f.name} = {toml_value(getattr(getattr(defaults, section), f.name))}")
     return "\n".join(lines) + "\n"

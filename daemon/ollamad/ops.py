@@ -178,24 +178,14 @@ def _ping(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
                       "max_message_bytes": d.max_message_bytes})
 
 
-@handles("status")
-def _status(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
-    exchange.resolve(d.introspection.status())
+def _snapshot_handler(op: str) -> Handler:
+    def handler(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
+        exchange.resolve(getattr(d.introspection, op)())
+    return handler
 
 
-@handles("health")
-def _health(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
-    exchange.resolve(d.introspection.health())
-
-
-@handles("metrics")
-def _metrics(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
-    exchange.resolve(d.introspection.metrics())
-
-
-@handles("gpu")
-def _gpu(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
-    exchange.resolve(d.introspection.gpu())
+for _op in ("status", "health", "metrics", "gpu"):
+    handles(_op)(_snapshot_handler(_op))
 
 
 @handles("restart")

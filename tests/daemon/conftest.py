@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+from ollamad.config import toml_value
 from ollamad_client import Client, OllamaClient
 
 #: Settings that keep tests fast; each test may override any of them.
@@ -35,14 +36,8 @@ TEST_CONFIG: dict[str, Any] = {
 
 
 def _toml(values: dict[str, Any], section: str | None = None) -> str:
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        return repr(v)
     lines = [f"[{section}]"] if section else []
-    lines += [f"{k} = {fmt(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if not isinstance(v, dict)]
     for k, v in values.items():
         if isinstance(v, dict):
             lines.append(_toml(v, k))

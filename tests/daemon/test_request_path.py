@@ -138,7 +138,9 @@ def test_runaway_generation_is_capped(daemon_factory):
     assert result["completion_tokens"] <= 5 and result["done_reason"] == "length"
 
 
-def test_bad_arguments_are_answered_without_reaching_ollama(daemon):
+def test_bad_arguments_are_answered_without_reaching_ollama(daemon_factory):
+    # Probes are generations too: keep them out of the count.
+    daemon = daemon_factory({"ollama": {"probe_interval": 60.0}})
     daemon.standin("POST", "/_standin/stats/reset")
     with daemon.client() as client:
         for op, args in [("generate", {}), ("generate", {"prompt": 3}),

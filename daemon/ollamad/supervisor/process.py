@@ -1,0 +1,277 @@
+"""One spawned ``ollama serve``: launching it, reading its log, watching it exit, stopping it.
+
+The server is started in a new session, so it leads its own process group
+and session and its runners stay in both. It is never reaped before what it
+leaves behind is swept: an unreaped (zombie) leader keeps its pid, so the
+group and session ids we signal and scan cannot belong to anyone else.
+
+What the server says on stderr (and stdout) is logged line by line under the
+``ollamad.ollama`` logger as ``ollama[PID]: ...``, and two lines are read for
+meaning: ``Listening on HOST:PORT`` gives the port when it was chosen by
+Ollama (port 0), and an ``Error: ...`` line (such as ``bind: address already
+in use``) becomes the reason the server failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from typing import Callable, Mapping
+from urllib.parse import urlsplit
+
+from ollamad.config import Config, OllamaSettings
+from ollamad.supervisor.proctree import ProcessTree
+from ollamad.supervisor.states import SupervisorError
+from ollamad.supervisor.system import System
+
+log = logging.getLogger("ollamad.supervisor")
+ollama_log = logging.getLogger("ollamad.ollama")
+
+#: Variables that are for the daemon only: a child that inherited
+#: NOTIFY_SOCKET could tell systemd it is ready or stopping on our behalf.
+PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+PRIVATE_ENV_PREFIX = "LISTEN_"
+MAX_LOG_LINE = 64 * 1024
+#: How long to wait for the log reader to drain the last lines after an exit.
+READER_JOIN = 1.0
+#: How long to wait, after SIGKILL, for the server to be gone.
+KILL_WAIT = 5.0
+#: How often to look for an exit where there is no pidfd.
+EXIT_POLL = 0.05
+
+_LISTENING = re.compile(r"Listening on (\S+?:\d+)")
+_LEVEL = re.compile(r"\blevel=(\w+)")
+_LEVELS = {"ERROR": logging.ERROR, "WARN": logging.WARNING, "WARNING": logging.WARNING,
+           "DEBUG": logging.DEBUG}
+_WILDCARD_HOSTS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+_REMEDIES = ("Install Ollama (https://ollama.com/download) or run `ollamad serve --stand-in` "
+             "to supervise the bundled stand-in instead.")
+
+
+def command_argv(settings: OllamaSettings) -> list[str]:
+    if settings.stand_in:
+        return [sys.executable, "-m", "ollamad", "stand-in"]
+    try:
+        return shlex.split(settings.command)
+    except ValueError as exc:
+        raise SupervisorError(
+            f"cannot start Ollama: ollama.command {settings.command!r}: {exc}") from None
+
+
+def _missing(program: str) -> str | None:
+    """Why ``program`` cannot be executed, or None when it can."""
+    if os.sep in program:
+        return None if os.access(program, os.X_OK) and os.path.isfile(program) \
+            else f"{program!r} does not exist or is not executable"
+    return None if shutil.which(program) else f"{program!r} was not found on PATH"
+
+
+def check_command(settings: OllamaSettings) -> None:
+    """Raise :class:`SupervisorError` with both remedies when the command cannot run."""
+    if settings.mode == "external":
+        if settings.restart_command:
+            try:
+                argv = shlex.split(settings.restart_command)
+                problem = _missing(argv[0]) if argv else "is empty"
+            except ValueError as exc:
+                problem = str(exc)
+            if problem:
+                raise SupervisorError(f"cannot restart Ollama: ollama.restart_command: {problem}")
+        return
+    argv = command_argv(settings)
+    if not argv:
+        raise SupervisorError(f"cannot start Ollama: ollama.command is empty. {_REMEDIES}")
+    problem = _missing(argv[0])
+    if problem:
+        raise SupervisorError(f"cannot start Ollama: {problem}. {_REMEDIES}")
+
+
+def scrubbed_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Our environment minus the daemon's private variables: for every child we start."""
+    return {name: value for name, value in environ.items()
+            if name not in PRIVATE_ENV and not name.startswith(PRIVATE_ENV_PREFIX)}
+
+
+def child_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a spawned server: :func:`scrubbed_env`, plus ``OLLAMA_HOST`` and
+    (unless the user set it) ``OLLAMA_NUM_PARALLEL``."""
+    env = scrubbed_env(environ)
+    env["OLLAMA_HOST"] = listen_address(config.ollama.url)
+    env.setdefault("OLLAMA_NUM_PARALLEL", str(config.ollama.num_parallel or config.workers))
+    return env
+
+
+#: Settings that shape the server's command line or environment: they take effect when it
+#: is next (re)started.
+LAUNCH_KEYS = ("command", "stand_in", "url", "mode", "num_parallel")
+
+
+def launch_changes(old: Config, new: Config) -> list[str]:
+    """The changed settings that only a restart of Ollama applies (``workers`` counts when it
+    sets OLLAMA_NUM_PARALLEL)."""
+    changed = [f"ollama.{key}" for key in LAUNCH_KEYS
+               if getattr(old.ollama, key) != getattr(new.ollama, key)]
+    if (old.ollama.num_parallel or old.workers) != (new.ollama.num_parallel or new.workers) \
+            and "ollama.num_parallel" not in changed:
+        changed.append("workers")
+    return changed
+
+
+def host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
+    return parts.hostname or "", port
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def listen_address(url: str) -> str:
+    """``OLLAMA_HOST`` for a configured URL: ``http://127.0.0.1:0`` -> ``127.0.0.1:0``."""
+    host, port = host_port(url)
+    return f"{_bracket(host or '127.0.0.1')}:{port}"
+
+
+def connect_url(url: str, port: int | None = None) -> str | None:
+    """Where to reach a server configured at ``url`` (listening on ``port`` if given).
+
+    None while the port is still unknown (0 and not yet logged). A wildcard
+    listen host is reached over loopback.
+    """
+    host, configured_port = host_port(url)
+    port = configured_port if port is None else port
+    if port == 0:
+        return None
+    return f"{urlsplit(url).scheme}://{_bracket(_WILDCARD_HOSTS.get(host, host))}:{port}"
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "?"
+        return f"killed by signal {-returncode} ({name})"
+    return f"exit code {returncode}"
+
+
+def spawn_server(system: System, config: Config, on_news: Callable[[], None]) -> "ServerProcess":
+    """Start the configured server; :class:`SupervisorError` (with remedies) when it cannot."""
+    try:
+        return ServerProcess(system, command_argv(config.ollama), child_env(config, os.environ),
+                             config.ollama.url, on_news)
+    except OSError as exc:
+        check_command(config.ollama)   # the clearer message, when it applies
+        raise SupervisorError(f"cannot start Ollama: {exc}") from None
+
+
+class ServerProcess:
+    """A running (or just exited, not yet reaped) ``ollama serve`` that we started."""
+
+    def __init__(self, system: System, argv: list[str], env: Mapping[str, str],
+                 configured_url: str, on_news: Callable[[], None]):
+        self._system = system
+        self._configured_url = configured_url
+        self._on_news = on_news
+        self.proc = system.spawn(argv, env)
+        self.pid = self.proc.pid
+        self.started_at = system.monotonic()
+        self.pidfd = system.pidfd_open(self.pid)
+        self.tree = ProcessTree(self.pid, system)
+        #: Base URL once known (at once for a fixed port, from the log for port 0).
+        self.url: str | None = connect_url(configured_url)
+        #: The last ``Error: ...`` line the server printed.
+        self.error_line: str | None = None
+        self._reader = threading.Thread(target=self._read_log, name=f"ollama-log-{self.pid}",
+                                        daemon=True)
+        self._reader.start()
+
+    # -- the log ---------------------------------------------------------------
+    def _read_log(self) -> None:
+        stream = self.proc.stdout
+        assert stream is not None
+        with stream:
+            for raw in iter(lambda: stream.readline(MAX_LOG_LINE), b""):
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line:
+                    self._learn(line)
+
+    def _learn(self, line: str) -> None:
+        if line.startswith("Error:"):
+            self.error_line, level = line, logging.ERROR
+        else:
+            found = _LEVEL.search(line)
+            level = _LEVELS.get(found.group(1).upper(), logging.INFO) if found else logging.INFO
+        ollama_log.log(level, "ollama[%d]: %s", self.pid, line)
+        listening = _LISTENING.search(line)
+        if listening and self.url is None:
+            self.url = connect_url(self._configured_url, int(listening.group(1).rsplit(":", 1)[1]))
+            self._on_news()
+
+    # -- exit --------------------------------------------------------------------
+    def has_exited(self) -> bool:
+        """Exited (a zombie, not reaped yet) or reaped already."""
+        if self.proc.returncode is not None:
+            return True
+        if self.pidfd is not None:
+            return bool(self._system.wait_readable([self.pidfd], 0))
+        return self._system.has_exited(self.pid)
+
+    def wait_exit(self, timeout: float) -> bool:
+        deadline = self._system.monotonic() + timeout
+        while not self.has_exited():
+            remaining = deadline - self._system.monotonic()
+            if remaining <= 0:
+                return False
+            if self.pidfd is not None:
+                self._system.wait_readable([self.pidfd], remaining)
+            else:
+                self._system.wait_readable([], min(remaining, EXIT_POLL))
+        return True
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM to the group, up to ``grace`` seconds, then SIGKILL to the group. Not reaped."""
+        if self.has_exited():
+            return
+        self._system.killpg(self.pid, signal.SIGTERM)
+        if self.wait_exit(grace):
+            return
+        log.warning("ollama[%d] did not stop within %g s; sending SIGKILL to its group",
+                    self.pid, grace)
+        self._system.killpg(self.pid, signal.SIGKILL)
+        if not self.wait_exit(KILL_WAIT):
+            log.error("ollama[%d] still there %g s after SIGKILL", self.pid, KILL_WAIT)
+
+    def shut_down(self, grace: float, sweep_timeout: float) -> tuple[int | None, int]:
+        """:meth:`stop` (if still running), sweep the orphans, then reap.
+
+        Returns (returncode, or None if it could not be reaped; processes swept).
+        """
+        self.stop(grace)
+        swept = self.tree.sweep(sweep_timeout)
+        try:
+            returncode: int | None = self.proc.wait(timeout=KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        self._reader.join(READER_JOIN)
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        return returncode, swept
+
+    def exit_reason(self, returncode: int | None) -> str:
+        """Why it ended, for operators: the exit status and the server's last ``Error:`` line."""
+        reason = "exited" if returncode is None else describe_exit(returncode)
+        if self.error_line:
+            reason += f": {self.error_line}"
+            if "address already in use" in self.error_line:
+                reason += " (another process holds the port: is another Ollama running?)"
+        return reason

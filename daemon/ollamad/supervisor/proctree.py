@@ -1,0 +1,150 @@
+"""The process tree of one Ollama server: what it uses, and the sweep of its orphans.
+
+Ollama runs each loaded model in a child "runner" process that holds the GPU
+memory. The runners have no parent-death signal: when ``ollama serve`` dies
+by SIGKILL they live on, re-parented to init, holding VRAM. So while the
+server lives, :class:`ProcessTree` remembers every descendant it sees (pid
+and create time), and after the server is gone :meth:`ProcessTree.sweep`
+kills those still alive, plus any process still in the server's session
+(pid numbers are not reused while a session that uses them as its id has
+members, and only descendants of the session leader can be in it).
+
+A process is killed only if it is one of ours: same pid *and* same create
+time as a process seen in our tree, or in our server's session and created
+after our server. An Ollama we did not start is never swept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import psutil
+
+from ollamad.supervisor.system import System
+
+log = logging.getLogger("ollamad.supervisor")
+
+#: How often to look whether swept processes are gone.
+SWEEP_POLL = 0.02
+CMDLINE_LIMIT = 200
+
+
+class ProcessTree:
+    """One server process (``root_pid``) and its descendants."""
+
+    def __init__(self, root_pid: int, system: System):
+        self.root_pid = root_pid
+        self._system = system
+        self._lock = threading.Lock()
+        self._known: dict[int, float] = {}   # descendants ever seen: pid -> create time
+        try:
+            self._root: psutil.Process | None = psutil.Process(root_pid)
+            self.root_created = self._root.create_time()
+        except psutil.Error:
+            self._root, self.root_created = None, 0.0
+
+    def descendants(self) -> list[psutil.Process]:
+        """The live descendants of the server, remembered for a later sweep."""
+        if self._root is None:
+            return []
+        try:
+            children = self._root.children(recursive=True)
+        except psutil.Error:
+            return []
+        with self._lock:
+            for child in children:
+                try:
+                    self._known.setdefault(child.pid, child.create_time())
+                except psutil.Error:
+                    pass
+        return children
+
+    def pids(self) -> set[int]:
+        """The server and all its descendants, now (for GPU memory attribution)."""
+        if self._root is None or not self._root.is_running():
+            return set()
+        return {self.root_pid, *(child.pid for child in self.descendants())}
+
+    def stats(self) -> dict | None:
+        """RSS, CPU % since the last call, threads, runners; None when the server is gone."""
+        root = self._root
+        if root is None:
+            return None
+        try:
+            with root.oneshot():
+                stats = {"rss_bytes": root.memory_info().rss,
+                         "cpu_percent": root.cpu_percent(None),
+                         "threads": root.num_threads()}
+        except psutil.Error:
+            return None
+        runners = []
+        for child in self.descendants():
+            try:
+                with child.oneshot():
+                    runners.append({"pid": child.pid, "rss_bytes": child.memory_info().rss,
+                                    "cmdline": " ".join(child.cmdline())[:CMDLINE_LIMIT]})
+            except psutil.Error:
+                pass
+        stats["runners"] = runners
+        return stats
+
+    def _ours(self) -> list[psutil.Process]:
+        """Live processes that belong to our (dead or dying) server: see the module docstring."""
+        found: dict[int, psutil.Process] = {}
+        with self._lock:
+            known = dict(self._known)
+        for pid, created in known.items():
+            try:
+                process = psutil.Process(pid)
+                if process.create_time() == created:
+                    found[pid] = process
+            except psutil.Error:
+                pass
+        for process in psutil.process_iter():
+            if process.pid in found or process.pid == self.root_pid:
+                continue
+            try:
+                if os.getsid(process.pid) == self.root_pid \
+                        and process.create_time() >= self.root_created:
+                    found[process.pid] = process
+            except (OSError, psutil.Error):
+                pass
+        return list(found.values())
+
+    def sweep(self, timeout: float) -> int:
+        """SIGKILL what is left of our tree, wait up to ``timeout`` for it to go; the count."""
+        victims = self._ours()
+        for process in victims:
+            log.warning("sweeping orphaned Ollama process %d (%s)", process.pid,
+                        _name(process))
+            self._system.kill(process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        alive = victims
+        while alive and time.monotonic() < deadline:
+            time.sleep(SWEEP_POLL)
+            alive = [p for p in alive if _alive(p)]
+        for process in alive:
+            log.error("orphaned Ollama process %d did not die after SIGKILL", process.pid)
+        with self._lock:
+            self._known = {pid: t for pid, t in self._known.items()
+                           if any(p.pid == pid for p in alive)}
+        return len(victims)
+
+
+def _alive(process: psutil.Process) -> bool:
+    # A zombie is dead: whoever it was re-parented to will reap it.
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _name(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())[:CMDLINE_LIMIT] or process.name()
+    except psutil.Error:
+        return "?"

@@ -1,0 +1,122 @@
+"""The supervisor's pieces on their own: states, restart policy, hang rule, command and env."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+
+from ollamad.config import Config, OllamaSettings
+from ollamad.supervisor import State, SupervisorError, probes
+from ollamad.supervisor.policy import RestartPolicy
+from ollamad.supervisor.probes import ProbeResult, is_hung
+from ollamad.supervisor.process import (check_command, child_env, command_argv, connect_url,
+                                        describe_exit, listen_address)
+from ollamad.supervisor.states import TRANSITIONS, InvalidTransition, check_transition
+
+
+def test_every_state_can_reach_stopped_and_running_only_from_starting():
+    for state in State:
+        reachable, todo = set(), [state]
+        while todo:
+            for nxt in TRANSITIONS[todo.pop()]:
+                if nxt not in reachable:
+                    reachable.add(nxt)
+                    todo.append(nxt)
+        assert State.STOPPED in reachable or state is State.STOPPED
+    assert [s for s in State if State.RUNNING in TRANSITIONS[s]] == [State.STARTING]
+
+
+def test_forbidden_transition_raises():
+    check_transition(State.RUNNING, State.EXITED)
+    with pytest.raises(InvalidTransition):
+        check_transition(State.FATAL, State.RUNNING)
+
+
+def test_policy_first_restart_immediate_then_exponential_then_fatal():
+    policy = RestartPolicy(OllamaSettings(restart_backoff_initial=1.0, restart_backoff_max=4.0,
+                                          max_restarts=5, restart_window=300.0))
+    delays = [policy.record_failure(float(t), "exit code 3") for t in range(6)]
+    assert [v.delay for v in delays[:5]] == [0.0, 1.0, 2.0, 4.0, 4.0]
+    assert all(v.fatal is None for v in delays[:5])
+    assert delays[5].fatal == "failed 6 times in 300 s; last: exit code 3"
+
+
+def test_policy_forgets_failures_outside_the_window():
+    policy = RestartPolicy(OllamaSettings(max_restarts=1, restart_window=10.0))
+    assert policy.record_failure(0.0, "x").fatal is None
+    assert policy.record_failure(10.5, "x").fatal is None
+    assert policy.failures_in_window(10.5) == 1
+    policy.reset()
+    assert policy.failures_in_window(11.0) == 0
+
+
+@pytest.mark.parametrize("in_flight, idle, hung", [
+    (0, None, True),      # nothing in flight: a timed-out probe means hung
+    (2, 0.1, False),      # progressing: never hung, however slow the probe
+    (2, 5.0, True),       # in flight but stalled longer than hang_after
+    (2, None, True),      # in flight and nothing known to have progressed
+])
+def test_hang_rule(in_flight, idle, hung):
+    assert is_hung(ProbeResult.timeout(0.5), in_flight, idle, hang_after=1.0) is hung
+
+
+def test_hang_rule_needs_a_timeout_not_an_error_answer():
+    refused = ProbeResult(False, 1.0, "HTTP 404: model 'x' not found")
+    assert not is_hung(refused, 0, None, 1.0)
+    assert not is_hung(ProbeResult(True, 1.0), 0, None, 1.0)
+
+
+def test_probe_of_a_closed_port_fails_fast_without_timing_out():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]   # bound, not listening: connections are refused
+        result = probes.alive(f"http://127.0.0.1:{port}", timeout=2.0)
+    assert not result.ok and not result.timed_out
+    assert "Connection refused" in result.error
+
+
+def test_urls_and_listen_address():
+    assert listen_address("http://127.0.0.1:0") == "127.0.0.1:0"
+    assert listen_address("http://[::1]:11434") == "[::1]:11434"
+    assert connect_url("http://127.0.0.1:0") is None
+    assert connect_url("http://127.0.0.1:0", 4321) == "http://127.0.0.1:4321"
+    assert connect_url("http://0.0.0.0:11434") == "http://127.0.0.1:11434"
+
+
+def test_child_env_is_scrubbed_and_sets_ollama_variables():
+    config = Config(workers=8, ollama=OllamaSettings(url="http://127.0.0.1:5000"))
+    env = child_env(config, {"PATH": "/bin", "NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1",
+                             "WATCHDOG_PID": "2", "LISTEN_FDS": "1", "LISTEN_PID": "3"})
+    assert env == {"PATH": "/bin", "OLLAMA_HOST": "127.0.0.1:5000", "OLLAMA_NUM_PARALLEL": "8"}
+    assert child_env(config, {"OLLAMA_NUM_PARALLEL": "2"})["OLLAMA_NUM_PARALLEL"] == "2"
+    config = config.replace(ollama=OllamaSettings(num_parallel=3))
+    assert child_env(config, {})["OLLAMA_NUM_PARALLEL"] == "3"
+
+
+def test_stand_in_command_runs_this_python():
+    argv = command_argv(OllamaSettings(stand_in=True))
+    assert argv == [sys.executable, "-m", "ollamad", "stand-in"]
+
+
+def test_check_command_names_both_remedies(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SupervisorError) as error:
+        check_command(OllamaSettings(command="ollama serve"))
+    message = str(error.value)
+    assert "'ollama' was not found on PATH" in message
+    assert "https://ollama.com/download" in message and "ollamad serve --stand-in" in message
+    check_command(OllamaSettings(stand_in=True))     # the stand-in needs no ollama
+    check_command(OllamaSettings(command=f"{sys.executable} -c pass"))
+
+
+def test_check_command_rejects_a_missing_restart_command():
+    with pytest.raises(SupervisorError, match="restart_command"):
+        check_command(OllamaSettings(mode="external", restart_command="/no/such/ollama-restart"))
+    check_command(OllamaSettings(mode="external"))
+
+
+def test_describe_exit():
+    assert describe_exit(3) == "exit code 3"
+    assert describe_exit(-9) == "killed by signal 9 (SIGKILL)"
