@@ -59,7 +59,8 @@ class Daemon:
         self.supervisor = Supervisor(config, progress=self.progress, on_change=self._on_supervisor_change)
         self.backend = OllamaBackend(self.supervisor, RetryPolicy.from_config(config))
         self.pool = WorkerPool(config.workers, config.queue_size)
-        self.gpu_monitor = GpuMonitor(config.gpu.poll_interval, self.supervisor.ollama_pids)
+        self.gpu_monitor = GpuMonitor(config.gpu.poll_interval, self.supervisor.ollama_pids,
+                                      nvml=config.gpu.nvml_module)
         self.leak_policy = VramLeakPolicy(config.gpu.leak_threshold_bytes or None, config.gpu.leak_duration)
         self.dispatcher = Dispatcher(
             pool=self.pool, backend=self.backend, metrics=self.request_metrics, progress=self.progress,

@@ -76,6 +76,9 @@ class GpuSettings:
     #: restarts it (idle only). 0 disables the policy (the default).
     leak_threshold_bytes: int = 0
     leak_duration: float = 300.0
+    #: The module that provides NVML's Python API. Only tests change it, to
+    #: script GPU readings on a machine without a GPU.
+    nvml_module: str = "pynvml"
 
 
 @dataclass(frozen=True)

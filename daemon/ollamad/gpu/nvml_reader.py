@@ -119,7 +119,10 @@ class NvmlReader:
     """
 
     def __init__(self, nvml: Any = None) -> None:
-        self._nvml = nvml
+        """``nvml``: the ``pynvml`` module, a stand-in for it, or the name of
+        a module to import on first use (default ``"pynvml"``)."""
+        self._module_name = nvml if isinstance(nvml, str) else "pynvml"
+        self._nvml = None if isinstance(nvml, str) else nvml
         self._opened = False
         self._event_set: Any = None
         self._index_by_uuid: dict[str, int] = {}
@@ -179,10 +182,10 @@ class NvmlReader:
     def _module(self) -> Any:
         if self._nvml is None:
             try:
-                self._nvml = importlib.import_module("pynvml")
+                self._nvml = importlib.import_module(self._module_name)
             except Exception as exc:
                 raise GpuUnavailable(
-                    "the pynvml module (package nvidia-ml-py) cannot be imported: "
+                    f"the {self._module_name} module (package nvidia-ml-py) cannot be imported: "
                     + describe_error(exc)) from exc
         return self._nvml
 
