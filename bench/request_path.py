@@ -2,7 +2,9 @@
 
 Measured in one run, against the same stand-in process (the one the daemon
 supervises), with zero token delay:
-  * sequential latency, p50 and p99, and what the daemon adds;
+  * sequential latency, p50 and p99, and what the daemon adds (a third row,
+    direct HTTP *streamed*, is what the daemon itself does towards Ollama, so
+    the difference to it is the cost of ZeroMQ and the worker hand-offs);
   * throughput with 8 concurrent callers (own client / own Session each).
 Then, with a second daemon whose stand-in takes 1 s per generation and has
 8 slots: a batch of 8 and a batch of 64 prompts, against the ideal 1 s / 8 s.
@@ -13,6 +15,7 @@ Usage: python bench/request_path.py [--requests N] [--seconds S]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import signal
@@ -43,7 +46,8 @@ class Daemon:
                           '[ollama]\nstand_in = true\nurl = "http://127.0.0.1:0"\n'
                           'probe_interval = 30.0\n')
         env = {**os.environ, "OLLAMAD_CONFIG": str(config),
-               "OLLAMAD_STANDIN_TOKEN_DELAY": str(token_delay), "OLLAMAD_STANDIN_LOAD_TIME": "0"}
+               "OLLAMAD_STANDIN_TOKEN_DELAY": str(token_delay), "OLLAMAD_STANDIN_LOAD_TIME": "0",
+               "OLLAMAD_STANDIN_PROMPT_RATE": "0"}
         self.process = subprocess.Popen([sys.executable, "-m", "ollamad", "serve"], env=env,
                                         start_new_session=True, stdin=subprocess.DEVNULL)
         self.url = self._wait_running()
@@ -122,6 +126,19 @@ def direct_call(url: str):
     return call
 
 
+def direct_stream_call(url: str):
+    """What the daemon itself does: stream from Ollama (progress evidence)."""
+    session = requests.Session()
+    session.trust_env = False
+
+    def call():
+        with session.post(url + "/api/generate", json={**BODY, "stream": True}, stream=True,
+                          timeout=10) as response:
+            response.raise_for_status()
+            return [json.loads(line) for line in response.iter_lines(chunk_size=None) if line]
+    return call
+
+
 def daemon_call(socket: str):
     client = Client(socket, timeout=10.0)
     return lambda: client.generate(PROMPT, max_tokens=16)
@@ -137,6 +154,7 @@ def main() -> int:
         fast = Daemon(Path(tmp), token_delay=0.0)
         try:
             direct = sequential(direct_call(fast.url), ns.requests)
+            streamed = sequential(direct_stream_call(fast.url), ns.requests)
             via = sequential(daemon_call(fast.socket), ns.requests)
             direct_rps = throughput(lambda: direct_call(fast.url), ns.seconds)
             via_rps = throughput(lambda: daemon_call(fast.socket), ns.seconds)
@@ -163,6 +181,8 @@ def main() -> int:
     print(f"sequential latency over {ns.requests} requests (ms):")
     print(f"  {'':22}{'p50':>8}{'p99':>8}{'mean':>8}")
     print(f"  {'direct HTTP':22}{d50:8.3f}{d99:8.3f}{statistics.mean(direct) * 1e3:8.3f}")
+    print(f"  {'direct HTTP, streamed':22}{percentile(streamed, 0.5) * 1e3:8.3f}"
+          f"{percentile(streamed, 0.99) * 1e3:8.3f}{statistics.mean(streamed) * 1e3:8.3f}")
     print(f"  {'client->daemon':22}{v50:8.3f}{v99:8.3f}{statistics.mean(via) * 1e3:8.3f}")
     print(f"  {'added by the daemon':22}{v50 - d50:8.3f}{v99 - d99:8.3f}"
           f"   (goals: p50 <= 0.25, p99 <= 1.0)")

@@ -196,6 +196,9 @@ class OllamaBackend:
         def attempt() -> dict[str, Any]:
             response = self._post(ctx, call.path, call.body, stream=True)
             pieces: list[str] = []
+            final: dict | None = None
+            # Read to the end even after the final chunk: a body left unread
+            # makes requests close the connection instead of reusing it.
             for obj in self._lines(ctx, response):
                 if "error" in obj:
                     raise OllamaFailure(ErrorCode.BACKEND_ERROR, str(obj["error"]),
@@ -207,11 +210,12 @@ class OllamaBackend:
                     if ctx.on_chunk is not None:
                         ctx.on_chunk(piece)
                 if obj.get("done"):
-                    return call.result("".join(pieces), obj, ctx.attempts,
-                                       time.monotonic() - started)
-            raise OllamaFailure(ErrorCode.BACKEND_ERROR,
-                                "Ollama's stream ended before the final chunk",
-                                retryable=True, streamed=bool(pieces) and ctx.on_chunk is not None)
+                    final = obj
+            if final is None:
+                raise OllamaFailure(ErrorCode.BACKEND_ERROR,
+                                    "Ollama's stream ended before the final chunk",
+                                    retryable=True, streamed=bool(pieces) and ctx.on_chunk is not None)
+            return call.result("".join(pieces), final, ctx.attempts, time.monotonic() - started)
 
         return self._with_retries(ctx, attempt)
 

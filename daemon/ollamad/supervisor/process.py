@@ -207,6 +207,10 @@ class ServerProcess:
     def _learn(self, line: str) -> None:
         if line.startswith("Error:"):
             self.error_line, level = line, logging.ERROR
+        elif line.startswith("[GIN]"):
+            # One access-log line per request: the daemon's own metrics say
+            # the same, so keep them out of the journal unless debugging.
+            level = logging.DEBUG
         else:
             found = _LEVEL.search(line)
             level = _LEVELS.get(found.group(1).upper(), logging.INFO) if found else logging.INFO
