@@ -16,7 +16,8 @@ import shlex
 
 import psutil
 
-from ollamad.supervisor.process import connect_url, host_port, scrubbed_env
+from ollamad.notify import child_environment
+from ollamad.supervisor.process import connect_url, host_port
 from ollamad.supervisor.proctree import ProcessTree
 from ollamad.supervisor.system import System
 
@@ -85,7 +86,7 @@ class ExternalOllama:
 def run_restart_command(system: System, command: str, timeout: float) -> str | None:
     """Run ``ollama.restart_command``; None when it succeeded, else what went wrong."""
     try:
-        code, output = system.run(shlex.split(command), scrubbed_env(os.environ), timeout)
+        code, output = system.run(shlex.split(command), child_environment(os.environ), timeout)
     except (OSError, ValueError) as exc:
         return f"restart command {command!r} could not run: {exc}"
     if output.strip():

@@ -27,6 +27,7 @@ from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 from ollamad.config import Config, OllamaSettings
+from ollamad.notify import child_environment
 from ollamad.supervisor.proctree import ProcessTree
 from ollamad.supervisor.states import SupervisorError
 from ollamad.supervisor.system import System
@@ -34,10 +35,6 @@ from ollamad.supervisor.system import System
 log = logging.getLogger("ollamad.supervisor")
 ollama_log = logging.getLogger("ollamad.ollama")
 
-#: Variables that are for the daemon only: a child that inherited
-#: NOTIFY_SOCKET could tell systemd it is ready or stopping on our behalf.
-PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-PRIVATE_ENV_PREFIX = "LISTEN_"
 MAX_LOG_LINE = 64 * 1024
 #: How long to wait for the log reader to drain the last lines after an exit.
 READER_JOIN = 1.0
@@ -93,16 +90,11 @@ def check_command(settings: OllamaSettings) -> None:
         raise SupervisorError(f"cannot start Ollama: {problem}. {_REMEDIES}")
 
 
-def scrubbed_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """Our environment minus the daemon's private variables: for every child we start."""
-    return {name: value for name, value in environ.items()
-            if name not in PRIVATE_ENV and not name.startswith(PRIVATE_ENV_PREFIX)}
-
-
 def child_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a spawned server: :func:`scrubbed_env`, plus ``OLLAMA_HOST`` and
-    (unless the user set it) ``OLLAMA_NUM_PARALLEL``."""
-    env = scrubbed_env(environ)
+    """The environment of a spawned server: ours without the service's own
+    variables (:func:`ollamad.notify.child_environment`), plus ``OLLAMA_HOST``
+    and (unless the user set it) ``OLLAMA_NUM_PARALLEL``."""
+    env = child_environment(environ)
     env["OLLAMA_HOST"] = listen_address(config.ollama.url)
     env.setdefault("OLLAMA_NUM_PARALLEL", str(config.ollama.num_parallel or config.workers))
     return env
