@@ -287,8 +287,9 @@ class Daemon:
 
     def _on_supervisor_change(self, snapshot: Mapping[str, Any]) -> None:
         # Called on the supervisor's thread: hand it to the I/O loop.
-        log.info("ollama %s%s", snapshot.get("state"),
-                 f": {snapshot['last_reason']}" if snapshot.get("last_reason") else "")
+        # last_reason explains a state other than RUNNING; after a recovery it is stale.
+        why = snapshot.get("last_reason") if snapshot.get("state") != "RUNNING" else None
+        log.info("ollama %s%s", snapshot.get("state"), f": {why}" if why else "")
         self._status_changed = True
         self.outbox.wake()
 

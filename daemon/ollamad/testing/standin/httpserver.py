@@ -15,6 +15,7 @@ import http
 import select
 import socket
 import socketserver
+import sys
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler
@@ -242,6 +243,13 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.socket.close()
         self.socket = listener
         self.app = app
+
+    def handle_error(self, request: Any, client_address: Any):
+        # Shutdown closes every connection under its handler thread; an
+        # OSError from a torn-down connection is not worth a traceback.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
 
 def make_server(listener: socket.socket, app: Any) -> socketserver.TCPServer:
