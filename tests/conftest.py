@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -78,3 +79,19 @@ def reaper():
         yield r
     finally:
         r.cleanup()
+
+
+def _wait_for(condition, timeout: float, what: str):
+    """Poll ``condition`` until it returns something truthy (returned), or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def wait_for():
+    return _wait_for

@@ -13,17 +13,9 @@ GIB = 1024 ** 3
 FAKES = str(Path(__file__).parent / "fakes")
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_without_a_gpu_the_daemon_serves_and_says_so_once(daemon):
+def test_without_a_gpu_the_daemon_serves_and_says_so_once(daemon, wait_for):
     with daemon.client() as client:
         gpu = client.gpu()
         assert client.generate("works without a GPU")["text"]
@@ -56,7 +48,7 @@ def scripted_gpu(daemon_factory, short_tmp):
     return make
 
 
-def test_vram_is_attributed_to_the_stand_ins_real_runner(scripted_gpu):
+def test_vram_is_attributed_to_the_stand_ins_real_runner(scripted_gpu, wait_for):
     daemon, write = scripted_gpu()
     status = daemon.wait_ready()["ollama"]
     runner = status["process"]["runners"][0]["pid"]
@@ -68,7 +60,7 @@ def test_vram_is_attributed_to_the_stand_ins_real_runner(scripted_gpu):
     assert owned == {runner: True, 1: False}
 
 
-def test_memory_pressure_reports_degraded_with_the_reason(scripted_gpu):
+def test_memory_pressure_reports_degraded_with_the_reason(scripted_gpu, wait_for):
     daemon, write = scripted_gpu({"memory_pressure": 0.9})
     write(78 * GIB, [])
     health = wait_for(lambda: (h := daemon.client().health())["status"] == "degraded" and h, 10,
@@ -76,7 +68,7 @@ def test_memory_pressure_reports_degraded_with_the_reason(scripted_gpu):
     assert any("GPU 0 memory" in r for r in health["reasons"])
 
 
-def test_a_model_on_the_cpu_while_a_gpu_is_present_is_degraded(scripted_gpu):
+def test_a_model_on_the_cpu_while_a_gpu_is_present_is_degraded(scripted_gpu, wait_for):
     daemon, write = scripted_gpu(env={"OLLAMAD_STANDIN_VRAM": "0"})
     write(1 * GIB, [])
     health = wait_for(lambda: (h := daemon.client().health())["status"] == "degraded" and h, 10,
@@ -84,7 +76,7 @@ def test_a_model_on_the_cpu_while_a_gpu_is_present_is_degraded(scripted_gpu):
     assert any("llama3.1:8b" in r and "CPU" in r for r in health["reasons"]), health
 
 
-def test_the_leak_policy_restarts_ollama_only_when_idle(scripted_gpu, reaper):
+def test_the_leak_policy_restarts_ollama_only_when_idle(scripted_gpu, reaper, wait_for):
     daemon, write = scripted_gpu({"leak_threshold_bytes": 1 * GIB, "leak_duration": 0.3},
                                  env={"OLLAMAD_STANDIN_TOKEN_DELAY": "0.15"})
     status = daemon.wait_ready()["ollama"]

@@ -93,17 +93,14 @@ def test_json_of_the_wrong_shape_gets_exactly_one_final_reply(daemon):
     (b'{"v": 1, "id": "c", "op": "generate", "timeout": "soon"}', "bad_request"),
     (b'{"v": 1, "id": "d", "op": "status", "stream": true}', "bad_request"),
 ])
-def test_specific_bad_requests(daemon, body, code):
+def test_specific_bad_requests(daemon, body, code, wait_for):
     sock = raw_socket(daemon.socket)
     try:
         sock.send(body)
         if code is None:
             # No id to answer: dropped and counted (on another socket, so wait).
-            deadline = time.monotonic() + 5
             with daemon.client() as client:
-                while client.metrics()["dropped_messages"] < 1:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.01)
+                wait_for(lambda: client.metrics()["dropped_messages"] >= 1, 5, "the drop count")
         else:
             reply = protocol.decode_reply(sock.recv())
             assert reply.error is not None and reply.error.code.value == code

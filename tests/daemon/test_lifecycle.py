@@ -78,7 +78,7 @@ def test_sigterm_exits_zero_and_leaves_no_process(daemon):
     assert not os.path.exists(daemon.socket[len("ipc://"):])
 
 
-def test_shutdown_answers_queued_requests_and_lets_in_flight_ones_finish(daemon_factory):
+def test_shutdown_answers_queued_requests_and_lets_in_flight_ones_finish(daemon_factory, wait_for):
     daemon = daemon_factory({"workers": 1, "shutdown_grace": 5.0},
                             env={"OLLAMAD_STANDIN_TOKEN_DELAY": "0.05"})
     outcomes: dict[str, object] = {}
@@ -92,16 +92,12 @@ def test_shutdown_answers_queued_requests_and_lets_in_flight_ones_finish(daemon_
 
     first = threading.Thread(target=call, args=("in_flight", "first"))
     first.start()
-    deadline = time.monotonic() + 10
-    while daemon.standin_state()["stats"]["generations_in_flight"] == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(lambda: daemon.standin_state()["stats"]["generations_in_flight"], 10,
+             "the first request to reach Ollama")
     second = threading.Thread(target=call, args=("queued", "second"))
     second.start()
     with daemon.client() as client:
-        while client.status()["daemon"]["queue_depth"] == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(lambda: client.status()["daemon"]["queue_depth"], 10, "the second to queue")
     assert daemon.stop(signal.SIGTERM) == 0
     first.join(10)
     second.join(10)
@@ -110,7 +106,7 @@ def test_shutdown_answers_queued_requests_and_lets_in_flight_ones_finish(daemon_
     assert outcomes["queued"].code.value == "shutting_down"
 
 
-def test_daemon_killed_while_a_client_waits(daemon_factory, short_tmp):
+def test_daemon_killed_while_a_client_waits(daemon_factory, short_tmp, wait_for):
     daemon = daemon_factory()
     daemon.set_fault("hang")
     client = daemon.client(timeout=30.0)
@@ -126,10 +122,8 @@ def test_daemon_killed_while_a_client_waits(daemon_factory, short_tmp):
 
     waiter = threading.Thread(target=call)
     waiter.start()
-    deadline = time.monotonic() + 10
-    while daemon.standin_state()["stats"]["generations_in_flight"] == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(lambda: daemon.standin_state()["stats"]["generations_in_flight"], 10,
+             "the request to reach Ollama")
     killed_at = time.monotonic()
     daemon.process.kill()
     waiter.join(15)
@@ -143,27 +137,21 @@ def test_daemon_killed_while_a_client_waits(daemon_factory, short_tmp):
     client.close()
 
 
-def test_sighup_reloads_live_settings_and_names_what_needs_a_restart(daemon):
+def test_sighup_reloads_live_settings_and_names_what_needs_a_restart(daemon, wait_for):
     text = daemon.config_path.read_text()
     daemon.config_path.write_text("workers = 3\n" + text)
     os.kill(daemon.process.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "reload" not in daemon.log():
-        assert time.monotonic() < deadline, daemon.log()
-        time.sleep(0.05)
+    wait_for(lambda: "reload" in daemon.log(), 10, "the reload")
     assert "these changes need a daemon restart to apply: workers" in daemon.log()
     with daemon.client() as client:
         assert client.generate("still serving")["text"]
         assert client.status()["daemon"]["workers"] == 8
 
 
-def test_a_broken_config_on_reload_keeps_the_running_one(daemon):
+def test_a_broken_config_on_reload_keeps_the_running_one(daemon, wait_for):
     daemon.config_path.write_text("workers = 'many'\n")
     os.kill(daemon.process.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "reload failed" not in daemon.log():
-        assert time.monotonic() < deadline, daemon.log()
-        time.sleep(0.05)
+    wait_for(lambda: "reload failed" in daemon.log(), 10, "the failed reload")
     with daemon.client() as client:
         assert client.generate("still serving")["text"]
 

@@ -16,14 +16,6 @@ FAST_PROBES = {"ollama": {"probe_interval": 0.2, "probe_timeout": 0.5,
                           "restart_backoff_initial": 0.1}}
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def final_replies(sock: zmq.Socket, ids: set[str], timeout: float) -> dict[str, list]:
@@ -40,7 +32,7 @@ def final_replies(sock: zmq.Socket, ids: set[str], timeout: float) -> dict[str, 
     return seen
 
 
-def test_kill_9_under_8_way_load_loses_nothing(daemon_factory, reaper):
+def test_kill_9_under_8_way_load_loses_nothing(daemon_factory, reaper, wait_for):
     daemon = daemon_factory({"attempt_timeout": 5.0, **FAST_PROBES},
                             env={"OLLAMAD_STANDIN_TOKEN_DELAY": "0.01"})
     before = daemon.wait_ready()["ollama"]
@@ -68,7 +60,7 @@ def test_kill_9_under_8_way_load_loses_nothing(daemon_factory, reaper):
     assert "SIGKILL" in (after["last_reason"] or "") or after["last_exit"]
 
 
-def test_orphaned_runner_is_swept_after_kill_9(daemon_factory, reaper):
+def test_orphaned_runner_is_swept_after_kill_9(daemon_factory, reaper, wait_for):
     daemon = daemon_factory(FAST_PROBES)
     before = daemon.wait_ready()["ollama"]
     runners = [r["pid"] for r in before["process"]["runners"]]
@@ -122,7 +114,7 @@ def test_requests_during_a_restart_wait_for_running(daemon_factory, reaper):
     assert status["restarts"] >= 1 and status["pid"] != before["pid"]
 
 
-def test_a_crash_loop_ends_fatal_and_health_says_why(daemon_factory, short_tmp):
+def test_a_crash_loop_ends_fatal_and_health_says_why(daemon_factory, short_tmp, wait_for):
     script = short_tmp / "crash.py"
     script.write_text("import sys\nsys.stderr.write('boom\\n')\nsys.exit(3)\n")
     import sys
