@@ -81,17 +81,25 @@ def reaper():
         r.cleanup()
 
 
-def _wait_for(condition, timeout: float, what: str):
+def _wait_for(condition, timeout: float = 5.0, what: str = "condition"):
     """Poll ``condition`` until it returns something truthy (returned), or fail."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         value = condition()
         if value:
             return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def wait_for():
+    """``wait_for(condition, timeout=5, what=...)``: poll with a deadline."""
+    return _wait_for
+
+
+@pytest.fixture(scope="session")
+def wait_until():
+    """The same as ``wait_for``, under the name some folders use."""
     return _wait_for

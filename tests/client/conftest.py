@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -241,19 +241,6 @@ def down_endpoint():
     """An ipc endpoint nobody listens on."""
     with tempfile.TemporaryDirectory(prefix="odc-") as directory:
         yield f"ipc://{directory}/nobody.sock"
-
-
-@pytest.fixture
-def wait_until():
-    def wait(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.005)
-    return wait
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import threading
 import time
 
 import psutil
-import pytest
 
 from ollamad_client import OllamadError
 

@@ -7,8 +7,6 @@ with the plugin's `ollama_standin_factory`.
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable
 
 import pytest
 
@@ -21,17 +19,3 @@ def standin():
         yield running
 
 
-def _wait_until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition"):
-    """Poll `condition` until it is truthy and return its value; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture(scope="session")
-def wait_until():
-    return _wait_until

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from typing import Callable
 
 import psutil
 import pytest
@@ -72,28 +70,10 @@ def _make_config(model: str = MODEL, workers: int = 2, **ollama) -> Config:
     return Config(model=model, workers=workers, ollama=OllamaSettings(**{**FAST, **ollama}))
 
 
-def _wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 @pytest.fixture
 def make_config():
     """``make_config(model=..., workers=..., **ollama_settings)``: FAST settings plus overrides."""
     return _make_config
-
-
-@pytest.fixture
-def wait_for():
-    """``wait_for(predicate, timeout, what)``: poll with a deadline, return the truthy value."""
-    return _wait_for
 
 
 def leftovers(roots: list[psutil.Process]) -> list[psutil.Process]:

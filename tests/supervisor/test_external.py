@@ -65,7 +65,7 @@ def test_external_outage_and_return(supervise, make_config, wait_for, ollama_sta
     def reported_and_exited():
         supervisor.report_connection_failure()
         return supervisor.state is State.EXITED
-    wait_for(reported_and_exited, 6, "EXITED after three failed probes", interval=0.1)
+    wait_for(reported_and_exited, 6, "EXITED after three failed probes")
     assert "not answering GET / (3 probes)" in supervisor.snapshot()["last_reason"]
 
     again = ollama_standin_factory(env={"OLLAMA_HOST": f"127.0.0.1:{port}"})
