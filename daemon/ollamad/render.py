@@ -85,8 +85,10 @@ def status(result: Mapping[str, Any]) -> str:
         ("last exit", ", ".join(f"{k} {v}" for k, v in last_exit.items()) or None),
         ("last reason", ollama.get("last_reason")),
         ("fatal", ollama.get("fatal_reason")),
-        ("memory", _size(process.get("rss_bytes")) if process else None),
-        ("runners", len(process.get("runners") or []) if process else None),
+        ("process", f"{_size(process.get('rss_bytes'))} RSS, {process.get('cpu_percent')} % CPU, "
+                    f"{process.get('threads')} threads" if process else None),
+        ("runners", ", ".join(f"pid {r.get('pid')} ({_size(r.get('rss_bytes'))})"
+                              for r in process.get("runners") or []) or "none" if process else None),
         ("gpu", _gpu_summary(result.get("gpu") or {})),
     ])
     models = ollama.get("models") or []
