@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
-                child.wait()
+                child.wait(timeout=10)
         monitor.stop(timeout=5)
 
 

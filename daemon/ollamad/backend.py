@@ -160,7 +160,6 @@ class OllamaBackend:
 
     def _lines(self, ctx: CallContext, response: requests.Response) -> Iterator[dict]:
         """The NDJSON objects of a streamed answer, honouring cancel and deadline."""
-        streamed_to_client = False
         try:
             for line in response.iter_lines(chunk_size=None):
                 if ctx.cancel.is_set() or ctx.remaining() <= 0:
@@ -176,14 +175,12 @@ class OllamaBackend:
                                         retryable=True) from None
                 ctx.on_progress()
                 yield obj
-                streamed_to_client = ctx.on_chunk is not None
         except requests.RequestException as exc:
             if _is_read_timeout(exc):
                 raise self._timeout_failure(self.policy.attempt_timeout) from None
             self._endpoint.report_connection_failure()
             raise OllamaFailure(ErrorCode.BACKEND_ERROR, f"the stream from Ollama broke: {exc}",
-                                retryable=True, connection=True,
-                                streamed=streamed_to_client) from None
+                                retryable=True, connection=True) from None
         finally:
             response.close()
 
@@ -199,22 +196,26 @@ class OllamaBackend:
             final: dict | None = None
             # Read to the end even after the final chunk: a body left unread
             # makes requests close the connection instead of reusing it.
-            for obj in self._lines(ctx, response):
-                if "error" in obj:
-                    raise OllamaFailure(ErrorCode.BACKEND_ERROR, str(obj["error"]),
-                                        retryable=True, streamed=bool(pieces) and
-                                        ctx.on_chunk is not None)
-                piece = call.piece(obj)
-                if piece:
-                    pieces.append(piece)
-                    if ctx.on_chunk is not None:
-                        ctx.on_chunk(piece)
-                if obj.get("done"):
-                    final = obj
-            if final is None:
-                raise OllamaFailure(ErrorCode.BACKEND_ERROR,
-                                    "Ollama's stream ended before the final chunk",
-                                    retryable=True, streamed=bool(pieces) and ctx.on_chunk is not None)
+            try:
+                for obj in self._lines(ctx, response):
+                    if "error" in obj:
+                        raise OllamaFailure(ErrorCode.BACKEND_ERROR, str(obj["error"]),
+                                            retryable=True)
+                    piece = call.piece(obj)
+                    if piece:
+                        pieces.append(piece)
+                        if ctx.on_chunk is not None:
+                            ctx.on_chunk(piece)
+                    if obj.get("done"):
+                        final = obj
+                if final is None:
+                    raise OllamaFailure(ErrorCode.BACKEND_ERROR,
+                                        "Ollama's stream ended before the final chunk",
+                                        retryable=True)
+            except OllamaFailure as failure:
+                # Pieces the client already has would be repeated by a retry.
+                failure.streamed = bool(pieces) and ctx.on_chunk is not None
+                raise
             return call.result("".join(pieces), final, ctx.attempts, time.monotonic() - started)
 
         return self._with_retries(ctx, attempt)

@@ -94,13 +94,12 @@ class BatchExchange(Exchange):
             self._items[index] = outcome
             self._missing -= 1
             complete = self._missing == 0
-        item_metric_op = "batch_item"
         if outcome["ok"]:
-            self._metrics.record(item_metric_op, outcome["result"].get("response_time", 0.0),
+            self._metrics.record("batch_item", outcome["result"].get("response_time", 0.0),
                                  result=outcome["result"])
         else:
             error = outcome["error"]
-            self._metrics.record(item_metric_op, time.monotonic() - self.received_at,
+            self._metrics.record("batch_item", time.monotonic() - self.received_at,
                                  error=Error(ErrorCode(error["code"]), error["message"],
                                              error["retryable"]))
         if complete:

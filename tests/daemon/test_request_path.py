@@ -184,3 +184,19 @@ def test_metrics_count_what_happened(daemon):
     assert 0 < metrics["success_rate"] < 1
     assert metrics["latency"]["p50"] > 0 and metrics["ops"]["generate"]["count"] >= 2
     assert {"queue_depth", "in_flight", "tokens_per_second", "average_response_time"} <= metrics.keys()
+
+
+def test_a_runner_crash_is_retried_unless_pieces_already_reached_the_client(daemon):
+    with daemon.client() as client:
+        daemon.set_fault("crash_mid_stream", count=1, after_tokens=2)
+        retried = client.generate("survives a crash", max_tokens=10)
+        daemon.set_fault("crash_mid_stream", count=1, after_tokens=2)
+        stream = client.stream("cut short", max_tokens=10)
+        pieces = []
+        with pytest.raises(OllamadError) as err:
+            for piece in stream:
+                pieces.append(piece)
+    assert retried["attempts"] == 2 and retried["text"]
+    # A retry would repeat what the client already printed: the cut is final.
+    assert len(pieces) == 2 and err.value.code.value == "backend_error"
+    assert err.value.message.startswith("an error was encountered while running the model")
