@@ -39,7 +39,8 @@ from ._async import AsyncClient, AsyncStream
 from ._calls import DEFAULT_ENDPOINT, SOCKET_ENV, GenerationOptions
 from ._legacy import LegacyStream, OllamaClient, get_ollama_client
 from ._sync import Client, Stream
-from .errors import (ERROR_CLASSES, BackendError, BadRequest, Busy, Forbidden, InternalError,
+from .errors import (ERROR_CLASSES, BackendError, BadRequest, Busy, Cancelled, Forbidden,
+                     InternalError,
                      ModelNotFound, OllamadError, RequestTimeout, ShuttingDown, TooLarge,
                      Unavailable, UnknownOp, error_for)
 from .protocol import ErrorCode
@@ -52,7 +53,7 @@ __all__ = [
     "OllamaClient", "LegacyStream", "get_ollama_client",
     # errors
     "OllamadError", "BadRequest", "UnknownOp", "TooLarge", "Busy", "RequestTimeout",
-    "BackendError", "ModelNotFound", "Unavailable", "ShuttingDown", "Forbidden",
+    "BackendError", "ModelNotFound", "Unavailable", "ShuttingDown", "Forbidden", "Cancelled",
     "InternalError", "ERROR_CLASSES", "ErrorCode", "error_for",
     # the wire protocol
     "protocol",

@@ -105,6 +105,11 @@ class Forbidden(_CodedError):
     CODE = ErrorCode.FORBIDDEN
 
 
+class Cancelled(_CodedError):
+    """The request was cancelled (by this client, or by the daemon on its behalf)."""
+    CODE = ErrorCode.CANCELLED
+
+
 class InternalError(_CodedError):
     """A bug in the daemon (or a reply this client cannot read)."""
     CODE = ErrorCode.INTERNAL
@@ -114,7 +119,7 @@ class InternalError(_CodedError):
 ERROR_CLASSES: Mapping[ErrorCode, type[_CodedError]] = {
     cls.CODE: cls
     for cls in (BadRequest, UnknownOp, TooLarge, Busy, RequestTimeout, BackendError,
-                ModelNotFound, Unavailable, ShuttingDown, Forbidden, InternalError)
+                ModelNotFound, Unavailable, ShuttingDown, Forbidden, Cancelled, InternalError)
 }
 assert set(ERROR_CLASSES) == set(ErrorCode), "every error code needs its class"
 

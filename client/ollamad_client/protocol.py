@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -39,6 +40,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 #: Longest accepted request id, in characters.
 MAX_ID_LENGTH = 128
+
+#: Deepest nesting of arrays and objects a request may have.
+MAX_NESTING = 32
 
 #: Default overall deadline of a request, in seconds, when it names none.
 DEFAULT_TIMEOUT = 60.0
@@ -60,6 +64,7 @@ class ErrorCode(str, enum.Enum):
     UNAVAILABLE = "unavailable"          # daemon or Ollama cannot be reached
     SHUTTING_DOWN = "shutting_down"      # daemon is stopping
     FORBIDDEN = "forbidden"              # admin op from a non-admin peer
+    CANCELLED = "cancelled"              # the client (or the daemon for it) cancelled it
     INTERNAL = "internal"                # a bug in the daemon
 
     @property
@@ -75,7 +80,7 @@ _RETRYABLE = frozenset(
 #: Ops every client may call.
 PUBLIC_OPS = frozenset(
     {"generate", "chat", "batch", "embed", "models", "health", "status",
-     "metrics", "gpu", "ping"}
+     "metrics", "gpu", "ping", "cancel"}
 )
 #: Ops limited to root, the daemon's own user and the admin group.
 ADMIN_OPS = frozenset({"restart"})
@@ -121,7 +126,61 @@ class Error:
 
 
 def _dumps(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    # A lone surrogate (a valid JSON escape, so a request id may hold one)
+    # cannot be UTF-8: written back as the same \uXXXX escape, it stays valid
+    # JSON and the reply still carries the id the client sent.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "backslashreplace")
+
+
+def _nesting_exceeds(obj: Any, limit: int) -> bool:
+    """Whether ``obj`` nests arrays and objects deeper than ``limit`` (no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in value
+                     if isinstance(child, (dict, list)))
+    return False
+
+
+def _parse(frame: bytes | str) -> tuple[Any, str | None]:
+    """JSON, and the first non-finite number in it (NaN, Infinity, 1e999) if any.
+
+    The non-finite values become ``None`` so that the id can still be read
+    and the sender told what was wrong. Nesting too deep for the parser is a
+    ValueError.
+    """
+    problems: list[str] = []
+
+    def constant(name: str) -> None:
+        problems.append(name)
+
+    def number(text: str) -> float | None:
+        value = float(text)
+        if math.isinf(value):
+            problems.append(text[:32])
+            return None
+        return value
+
+    try:
+        obj = json.loads(frame, parse_constant=constant, parse_float=number)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    return obj, (f"{problems[0]} is not a finite JSON number" if problems else None)
+
+
+def loads(frame: bytes | str) -> Any:
+    """Strict JSON: no NaN or Infinity, no nesting too deep for the parser (ValueError)."""
+    obj, problem = _parse(frame)
+    if problem:
+        raise ValueError(problem)
+    return obj
 
 
 def encode_request(request: Request) -> bytes:
@@ -157,7 +216,7 @@ def _recover_id(obj: Any) -> str | None:
 def decode_request(frame: bytes) -> Request:
     """Parse and validate one request frame, or raise :class:`ProtocolError`."""
     try:
-        obj = json.loads(frame)
+        obj, problem = _parse(frame)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"request is not JSON: {exc}") from None
     rid = _recover_id(obj)
@@ -170,8 +229,15 @@ def decode_request(frame: bytes) -> Request:
     def bad(message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> ProtocolError:
         return ProtocolError(code, message, rid)
 
-    if obj.get("v") != VERSION:
-        raise bad(f"unsupported protocol version {obj.get('v')!r}; this daemon speaks {VERSION}")
+    if problem:
+        raise bad(f"request is not strict JSON: {problem}")
+
+    version = obj.get("v")
+    if type(version) is not int or version != VERSION:  # true and 1.0 are not 1
+        raise bad(f"unsupported protocol version {str(version)[:32]!r}; "
+                  f"this daemon speaks {VERSION}")
+    if _nesting_exceeds(obj, MAX_NESTING):
+        raise bad(f"request nests arrays and objects deeper than {MAX_NESTING} levels")
     op = obj.get("op")
     if not isinstance(op, str):
         raise bad("'op' must be a string")
@@ -211,7 +277,7 @@ class Reply:
 def decode_reply(frame: bytes) -> Reply:
     """Parse one message from the daemon, or raise :class:`ProtocolError`."""
     try:
-        obj = json.loads(frame)
+        obj = loads(frame)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(ErrorCode.INTERNAL, f"reply is not JSON: {exc}") from None
     if not isinstance(obj, dict) or obj.get("v") != VERSION:
