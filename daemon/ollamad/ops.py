@@ -36,6 +36,9 @@ class Introspection(Protocol):
     def is_admin(self, peer: Peer) -> bool: ...
 
 
+#: Longest restart reason kept (it is stored and shown in status).
+MAX_REASON = 200
+
 Handler = Callable[["Dispatcher", Exchange, Peer], None]
 _HANDLERS: dict[str, Handler] = {}
 
@@ -197,5 +200,11 @@ def _restart(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
         return
     reason = exchange.request.args.get("reason")
     reason = reason if isinstance(reason, str) and reason else f"admin request (pid {peer.pid})"
-    # External mode runs a command: keep it off the I/O thread.
-    d.submit(exchange, [d.task(exchange, lambda ctx: d.introspection.restart_ollama(reason))])
+    # Answered here, never queued behind model calls: an operator needs it
+    # most when the workers are stuck. It only posts the request to the
+    # supervisor (which runs any restart command on its own thread), and
+    # requests read after it wait for the new Ollama.
+    try:
+        exchange.resolve(d.introspection.restart_ollama(reason[:MAX_REASON]))
+    except OllamaFailure as failure:
+        exchange.reject(failure.to_error())

@@ -124,6 +124,40 @@ class DaemonUnderTest:
         response.raise_for_status()
         return response.json() if response.content else None
 
+    def quiesce(self, timeout: float = 15.0) -> None:
+        """Wait for the start-up probe round to end and Ollama to be idle; zero its counters.
+
+        The first full probe round (with its one-token inference probe) runs
+        right after the warm-up whatever ``probe_interval`` says: a test that
+        counts generations must not count it. With a long ``probe_interval``
+        no other probe generation follows during the test.
+        """
+        deadline = time.monotonic() + timeout
+        warm = self.config["ollama"].get("warm_model", True)
+        with self.client(timeout=5.0) as client:
+            while time.monotonic() < deadline:
+                probe = client.status()["ollama"].get("last_probe") or {}
+                probed = "inference_ms" in probe or not warm
+                if probed and not self.standin_state()["stats"]["generations_in_flight"]:
+                    self.standin("POST", "/_standin/stats/reset")
+                    return
+                time.sleep(0.05)
+        pytest.fail(f"Ollama did not go quiet in {timeout} s:\n{self.log()}")
+
+    def sent(self, text: str) -> dict[str, Any]:
+        """The last body Ollama received whose prompt, or last message, is ``text``.
+
+        Probes keep reaching Ollama during a test, so "the last request" is
+        not necessarily the test's own.
+        """
+        for body in reversed(self.standin_state()["recent_requests"]):
+            if not isinstance(body, dict):
+                continue
+            messages = body.get("messages") or [{}]
+            if text in (body.get("prompt"), messages[-1].get("content")):
+                return body
+        pytest.fail(f"Ollama received no request for {text!r}")
+
     def set_fault(self, kind: str, count: int | None = None, **params: Any) -> None:
         self.standin("POST", "/_standin/faults", json={"kind": kind, "count": count, **params})
 

@@ -20,7 +20,7 @@ def test_legacy_generate_returns_the_old_dict(daemon):
     assert {"text", "success", "response_time", "attempts", "tokens", "error"} <= result.keys()
     assert result["success"] is True and result["error"] is None
     assert result["text"] and result["tokens"] > 0 and result["attempts"] == 1
-    sent = daemon.standin_state()["recent_requests"][-1]
+    sent = daemon.sent("Why is the sky blue?")
     assert sent["system"] == "Be brief."
     assert sent["options"]["temperature"] == 0.2 and sent["options"]["num_predict"] == 50
 
@@ -43,15 +43,19 @@ def test_missing_model_is_one_attempt_and_a_clear_error(daemon):
     assert result["error"] == "model 'no-such-model:1b' not found"
 
 
-def test_a_hang_longer_than_the_attempt_timeout_is_a_timeout_within_the_deadline(daemon_factory):
-    daemon = daemon_factory({"attempt_timeout": 0.5, "max_attempts": 2})
+def test_a_hang_longer_than_the_attempt_timeout_is_retried_and_fails_before_the_deadline(
+        daemon_factory):
+    # Without the per-attempt limit the one attempt would run into the 6 s deadline.
+    daemon = daemon_factory({"attempt_timeout": 0.5, "max_attempts": 2,
+                             "ollama": {"probe_interval": 60.0}})
     daemon.set_fault("hang")
     started = time.monotonic()
     with daemon.client() as client, pytest.raises(OllamadError) as err:
-        client.generate("stuck", timeout=4.0)
+        client.generate("stuck", timeout=6.0)
     elapsed = time.monotonic() - started
-    assert err.value.code.value == "timeout"
-    assert elapsed < 4.0 + 0.5
+    assert err.value.code.value == "timeout" and err.value.attempts == 2
+    assert "sent nothing for 0.5 s" in err.value.message
+    assert elapsed < 3.0
 
 
 def test_the_deadline_is_answered_even_while_ollama_hangs(daemon_factory):
@@ -92,7 +96,7 @@ def test_legacy_generate_batch_keeps_order(daemon):
 def test_sixteen_requests_reach_ollama_eight_at_a_time(daemon_factory):
     daemon = daemon_factory({"ollama": {"probe_interval": 60.0}},
                             env={"OLLAMAD_STANDIN_TOKEN_DELAY": "0.02"})
-    daemon.standin("POST", "/_standin/stats/reset")
+    daemon.quiesce()
     with daemon.client(timeout=60.0) as client:
         results = client.batch([f"concurrent {i}" for i in range(16)], max_tokens=20)
     assert all(not isinstance(r, OllamadError) for r in results)
@@ -115,7 +119,7 @@ def test_chat_embed_and_models(daemon):
     assert chat["message"]["role"] == "assistant" and chat["message"]["content"] == chat["text"]
     assert len(vectors) == 2 and len(vectors[0]) > 0
     assert "llama3.1:8b" in {m["name"] for m in models["models"]}
-    sent = [r for r in daemon.standin_state()["recent_requests"] if "messages" in r][-1]
+    sent = daemon.sent("hello")
     assert sent["messages"][0] == {"role": "system", "content": "Be kind."}
 
 
@@ -124,7 +128,7 @@ def test_ollama_knobs_pass_through(daemon):
     with daemon.client() as client:
         result = client.generate("extract", format=schema, keep_alive="10m",
                                  options={"seed": 7, "stop": ["\n"], "num_ctx": 2048})
-    sent = daemon.standin_state()["recent_requests"][-1]
+    sent = daemon.sent("extract")
     assert sent["format"] == schema and sent["keep_alive"] == "10m"
     assert sent["options"]["seed"] == 7 and sent["options"]["num_ctx"] == 2048
     import json
@@ -141,7 +145,7 @@ def test_runaway_generation_is_capped(daemon_factory):
 def test_bad_arguments_are_answered_without_reaching_ollama(daemon_factory):
     # Probes are generations too: keep them out of the count.
     daemon = daemon_factory({"ollama": {"probe_interval": 60.0}})
-    daemon.standin("POST", "/_standin/stats/reset")
+    daemon.quiesce()
     with daemon.client() as client:
         for op, args in [("generate", {}), ("generate", {"prompt": 3}),
                          ("generate", {"prompt": "x", "max_tokens": -1}),

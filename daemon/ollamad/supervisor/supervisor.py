@@ -71,6 +71,9 @@ class Supervisor:
         self._stop_requested = False
         self._stop_deadline = math.inf
         self._restart_reason: str | None = None
+        #: From a restart request until the new server is STARTING: requests
+        #: must wait for the new one, not slip through to the old one.
+        self._restart_pending = False
         self._probe_now = False
         # ... and what the supervisor thread found out.
         self._state = State.STOPPED
@@ -125,9 +128,12 @@ class Supervisor:
             self._waiter.wake_pipe.close()
 
     def wait_running(self, deadline: float) -> bool:
-        """Block until RUNNING: True; False at ``deadline`` (time.monotonic()), FATAL or stop."""
+        """Block until RUNNING: True; False at ``deadline`` (time.monotonic()), FATAL or stop.
+
+        A requested restart counts as not running from the moment it is requested.
+        """
         with self._cond:
-            while self._state is not State.RUNNING:
+            while self._state is not State.RUNNING or self._restart_pending:
                 if self._state is State.FATAL or self._stop_requested or self._thread_failed:
                     return False
                 remaining = deadline - self._system.monotonic()
@@ -145,6 +151,7 @@ class Supervisor:
             if self._stop_requested:
                 raise SupervisorError("cannot restart Ollama: the supervisor is stopping")
             self._restart_reason = f"restart requested: {reason}"
+            self._restart_pending = True
         self._waiter.wake()
 
     def report_connection_failure(self) -> None:
@@ -262,6 +269,7 @@ class Supervisor:
                 raise StopRequested()
             if restart:
                 self._report.restarts += 1
+            self._restart_pending = False
         config = self._config
         self._set_state(State.STARTING, reason)
         self._hang_reported = False
