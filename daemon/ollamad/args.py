@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ollamad.retry import OllamaFailure
+from ollamad_client import protocol
 from ollamad_client.protocol import ErrorCode
 
 
@@ -38,6 +39,33 @@ class GenerationDefaults:
     max_tokens_cap: int
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What the daemon accepts; ``ping`` tells clients, so they split work to fit."""
+
+    max_message_bytes: int
+    max_batch: int
+    max_embed_inputs: int
+    max_reply_bytes: int
+    max_queued_bytes: int
+
+    @classmethod
+    def from_config(cls, config) -> "Limits":
+        return cls(max_message_bytes=config.max_message_bytes, max_batch=config.max_batch,
+                   max_embed_inputs=config.max_embed_inputs,
+                   max_reply_bytes=config.max_reply_bytes,
+                   max_queued_bytes=config.max_queued_bytes)
+
+    def advertised(self) -> dict[str, Any]:
+        return {"max_message_bytes": self.max_message_bytes, "max_batch": self.max_batch,
+                "max_embed_inputs": self.max_embed_inputs,
+                "max_reply_bytes": self.max_reply_bytes, "max_timeout": protocol.MAX_TIMEOUT}
+
+
+#: Roles Ollama's chat template knows.
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
 def _options(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[str, Any]:
     options = dict(_typed(args, "options", (dict,), "an object") or {})
     temperature = _typed(args, "temperature", (int, float), "a number")
@@ -63,6 +91,8 @@ def _common_body(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[
         "stream": True,
     }
     fmt = _typed(args, "format", (str, dict), '"json" or a JSON schema object')
+    if isinstance(fmt, str) and fmt != "json":
+        raise InvalidArguments('\'format\' must be "json" or a JSON schema object')
     if fmt is not None:
         body["format"] = fmt
     keep_alive = _typed(args, "keep_alive", (str, int, float), "a duration string or seconds")
@@ -128,6 +158,8 @@ def chat_call(args: Mapping[str, Any], defaults: GenerationDefaults) -> Generati
         if not (isinstance(message, dict) and isinstance(message.get("role"), str)
                 and isinstance(message.get("content"), str)):
             raise InvalidArguments(f"messages[{i}] must be an object with string 'role' and 'content'")
+        if message["role"] not in CHAT_ROLES:
+            raise InvalidArguments(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}")
     body = _common_body(args, defaults)
     system = _typed(args, "system", (str,), "a string")
     body["messages"] = ([{"role": "system", "content": system}] if system else []) + \
@@ -145,10 +177,16 @@ def batch_prompts(args: Mapping[str, Any], max_batch: int) -> list[str]:
     return prompts
 
 
-def embed_body(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[str, Any]:
+def embed_body(args: Mapping[str, Any], defaults: GenerationDefaults,
+               max_inputs: int) -> dict[str, Any]:
     value = _typed(args, "input", (str, list), "a string or a list of strings", required=True)
     if isinstance(value, list) and not all(isinstance(v, str) for v in value):
         raise InvalidArguments("'input' must be a string or a list of strings")
+    if isinstance(value, list) and not 1 <= len(value) <= max_inputs:
+        # Each input is a vector in the reply: the reply, not the request, is
+        # what grows (4,000 inputs made a 154 MB reply).
+        raise OllamaFailure(ErrorCode.TOO_LARGE, f"'input' must hold 1 to {max_inputs} strings "
+                            f"(max_embed_inputs); split longer lists", retryable=False)
     body: dict[str, Any] = {"model": _typed(args, "model", (str,), "a string") or defaults.model,
                             "input": value}
     keep_alive = _typed(args, "keep_alive", (str, int, float), "a duration string or seconds")

@@ -5,6 +5,12 @@ each chunk is evidence of progress (the supervisor's hang rule needs it),
 and the per-attempt time-out then bounds the gap *between* chunks, so a long
 generation that keeps producing is never cut off while a wedged one is.
 
+Every call can be cut from another thread: while it runs, the request's
+:class:`~ollamad.cancellation.Cancellation` holds an interrupt that shuts
+its connection down (:mod:`ollamad.interruptible`), so a cancelled or
+expired request stops waiting on Ollama at once, and Ollama, whose client
+left, stops working for it.
+
 Failures keep Ollama's own message verbatim. What is retried is decided by
 :func:`classify_status` and the exception handlers below: connection errors,
 time-outs, 5xx (the 503 "server busy" included), runner crashes and streams
@@ -13,6 +19,7 @@ cut short by an error line. Never a 4xx, a missing model or a bad option.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -21,7 +28,9 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import requests
 
+from ollamad import interruptible
 from ollamad.args import GenerationCall
+from ollamad.cancellation import Cancellation
 from ollamad.retry import OllamaFailure, RetryPolicy
 from ollamad_client.protocol import ErrorCode
 
@@ -29,6 +38,8 @@ from ollamad_client.protocol import ErrorCode
 CONNECT_TIMEOUT = 2.0
 #: Bound on error bodies we read: Ollama's are one short JSON object.
 MAX_ERROR_BODY = 64 * 1024
+#: How often a request waiting for Ollama to be RUNNING looks at its cancellation.
+CANCEL_CHECK = 0.1
 
 
 class OllamaEndpoint(Protocol):
@@ -39,6 +50,10 @@ class OllamaEndpoint(Protocol):
 
     def wait_running(self, deadline: float) -> bool: ...
 
+    def unavailable_reason(self) -> str | None:
+        """Why Ollama cannot come back without an operator (FATAL, stopping), else None."""
+        ...
+
     def report_connection_failure(self) -> None: ...
 
 
@@ -47,13 +62,24 @@ class CallContext:
     """One request as the backend sees it."""
 
     deadline: float                       # time.monotonic() by which to answer
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: Cancellation = field(default_factory=Cancellation)
     on_chunk: Callable[[str], None] | None = None   # streams text to the client
     on_progress: Callable[[], None] = lambda: None  # a chunk arrived from Ollama
+    #: HTTP calls made to Ollama (none when the request never got that far).
     attempts: int = 0
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+    def check(self, waiting_for: str = "Ollama") -> None:
+        """Raise the final failure if the request was cancelled or its deadline passed."""
+        if self.cancel.is_set():
+            # Whoever cancelled has answered the client; this only ends the work.
+            raise OllamaFailure(ErrorCode.CANCELLED, "the request was cancelled",
+                                retryable=False)
+        if self.remaining() <= 0:
+            raise OllamaFailure(ErrorCode.TIMEOUT, f"the request's deadline passed while "
+                                f"waiting for {waiting_for}", retryable=False)
 
 
 def classify_status(status: int, message: str) -> OllamaFailure:
@@ -68,8 +94,22 @@ def classify_status(status: int, message: str) -> OllamaFailure:
     return OllamaFailure(ErrorCode.BACKEND_ERROR, message, retryable=True)
 
 
+def read_body(response: requests.Response, limit: int) -> bytes:
+    """A streamed answer's whole body; ``too_large`` past ``limit`` bytes."""
+    body = bytearray()
+    for piece in response.iter_content(chunk_size=64 * 1024):
+        body += piece
+        if len(body) > limit:
+            raise OllamaFailure(ErrorCode.TOO_LARGE, f"Ollama's answer is over the "
+                                f"{limit}-byte limit on replies", retryable=False)
+    return bytes(body)
+
+
 def _error_message(response: requests.Response) -> str:
-    raw = response.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
+    try:
+        raw = read_body(response, MAX_ERROR_BODY)
+    except OllamaFailure:
+        return f"HTTP {response.status_code} from Ollama (with an oversized error body)"
     try:
         body = json.loads(raw)
         if isinstance(body, dict) and isinstance(body.get("error"), str):
@@ -99,17 +139,15 @@ class OllamaBackend:
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
-            # Ollama is local: never let proxy variables reroute the calls.
-            session.trust_env = False
+            session = self._local.session = interruptible.session()
         return session
 
     def _base_url(self, ctx: CallContext) -> str:
-        if not self._endpoint.wait_running(ctx.deadline):
-            if ctx.remaining() <= 0:
-                raise OllamaFailure(ErrorCode.TIMEOUT,
-                                    "timed out waiting for Ollama to be running", retryable=False)
-            raise OllamaFailure(ErrorCode.UNAVAILABLE, "Ollama is not running", retryable=True)
+        while not self._endpoint.wait_running(min(ctx.deadline, time.monotonic() + CANCEL_CHECK)):
+            ctx.check("Ollama to be running")
+            reason = self._endpoint.unavailable_reason()
+            if reason:  # FATAL or stopping: waiting cannot help, and no retry either
+                raise OllamaFailure(ErrorCode.UNAVAILABLE, reason, retryable=False)
         url = self._endpoint.url
         if url is None:
             raise OllamaFailure(ErrorCode.UNAVAILABLE, "Ollama's address is not known yet",
@@ -120,35 +158,48 @@ class OllamaBackend:
         policy = self.policy
         for try_ in policy.retrying(ctx.deadline, ctx.cancel):
             with try_:
-                ctx.attempts += 1
                 return attempt()
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
-    def _post(self, ctx: CallContext, path: str, body: Mapping[str, Any],
-              stream: bool) -> requests.Response:
-        remaining = ctx.remaining()
-        if remaining <= 0 or ctx.cancel.is_set():
-            raise OllamaFailure(ErrorCode.TIMEOUT, "the request's deadline passed",
-                                retryable=False)
+    @contextlib.contextmanager
+    def _call(self, ctx: CallContext, reading: bool = False) -> Iterator[None]:
+        """Around one HTTP exchange: a cancellation cuts it; failures say what broke.
+
+        ``reading``: the answer had begun (a stream cut then is Ollama's
+        failure, a ``backend_error``); before it, Ollama could not be reached.
+        """
+        try:
+            with ctx.cancel.interrupting(interruptible.current_slot().interrupt):
+                yield
+        except requests.RequestException as exc:
+            ctx.check()  # cut by a cancellation or the deadline: that is the answer
+            if _is_read_timeout(exc):
+                raise self._timeout_failure(self.policy.attempt_timeout) from None
+            self._endpoint.report_connection_failure()
+            if reading:
+                raise OllamaFailure(ErrorCode.BACKEND_ERROR, f"the stream from Ollama broke: {exc}",
+                                    retryable=True, connection=True) from None
+            raise OllamaFailure(ErrorCode.UNAVAILABLE, f"cannot reach Ollama: {exc}",
+                                retryable=True, connection=True) from None
+
+    def _post(self, ctx: CallContext, path: str, body: Mapping[str, Any]) -> requests.Response:
+        """POST and return the streamed answer (status 200), or raise the failure."""
+        ctx.check()
         url = self._base_url(ctx) + path
         read_timeout = min(self.policy.attempt_timeout, max(ctx.remaining(), 0.001))
-        try:
-            response = self._session().post(
-                url, json=body, stream=stream,
-                timeout=(min(CONNECT_TIMEOUT, read_timeout), read_timeout))
-        except requests.ConnectionError as exc:
-            if _is_read_timeout(exc):
+        ctx.attempts += 1
+        with self._call(ctx):
+            try:
+                response = self._session().post(
+                    url, json=body, stream=True,
+                    timeout=(min(CONNECT_TIMEOUT, read_timeout), read_timeout))
+            except requests.Timeout:
+                ctx.check()
                 raise self._timeout_failure(read_timeout) from None
-            self._endpoint.report_connection_failure()
-            raise OllamaFailure(ErrorCode.UNAVAILABLE, f"cannot reach Ollama at {url}: {exc}",
-                                retryable=True, connection=True) from None
-        except requests.Timeout:
-            raise self._timeout_failure(read_timeout) from None
         if response.status_code != 200:
             try:
-                message = _error_message(response)
-            except requests.RequestException as exc:
-                message = f"HTTP {response.status_code} from Ollama ({exc})"
+                with self._call(ctx, reading=True):
+                    message = _error_message(response)
             finally:
                 response.close()
             raise classify_status(response.status_code, message)
@@ -161,26 +212,19 @@ class OllamaBackend:
     def _lines(self, ctx: CallContext, response: requests.Response) -> Iterator[dict]:
         """The NDJSON objects of a streamed answer, honouring cancel and deadline."""
         try:
-            for line in response.iter_lines(chunk_size=None):
-                if ctx.cancel.is_set() or ctx.remaining() <= 0:
-                    raise OllamaFailure(ErrorCode.TIMEOUT, "the request's deadline passed",
-                                        retryable=False)
-                if not line:
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    raise OllamaFailure(ErrorCode.BACKEND_ERROR,
-                                        f"Ollama sent a line that is not JSON: {line[:200]!r}",
-                                        retryable=True) from None
-                ctx.on_progress()
-                yield obj
-        except requests.RequestException as exc:
-            if _is_read_timeout(exc):
-                raise self._timeout_failure(self.policy.attempt_timeout) from None
-            self._endpoint.report_connection_failure()
-            raise OllamaFailure(ErrorCode.BACKEND_ERROR, f"the stream from Ollama broke: {exc}",
-                                retryable=True, connection=True) from None
+            with self._call(ctx, reading=True):
+                for line in response.iter_lines(chunk_size=None):
+                    ctx.check()
+                    if not line:
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        raise OllamaFailure(ErrorCode.BACKEND_ERROR,
+                                            f"Ollama sent a line that is not JSON: {line[:200]!r}",
+                                            retryable=True) from None
+                    ctx.on_progress()
+                    yield obj
         finally:
             response.close()
 
@@ -191,7 +235,7 @@ class OllamaBackend:
         started = time.monotonic()
 
         def attempt() -> dict[str, Any]:
-            response = self._post(ctx, call.path, call.body, stream=True)
+            response = self._post(ctx, call.path, call.body)
             pieces: list[str] = []
             final: dict | None = None
             # Read to the end even after the final chunk: a body left unread
@@ -220,16 +264,19 @@ class OllamaBackend:
 
         return self._with_retries(ctx, attempt)
 
-    def embed(self, ctx: CallContext, body: Mapping[str, Any]) -> dict[str, Any]:
+    def embed(self, ctx: CallContext, body: Mapping[str, Any], max_answer_bytes: int) -> dict[str, Any]:
         def attempt() -> dict[str, Any]:
-            response = self._post(ctx, "/api/embed", body, stream=False)
+            response = self._post(ctx, "/api/embed", body)
             try:
-                data = response.json()
+                with self._call(ctx, reading=True):
+                    raw = read_body(response, max_answer_bytes)
+            finally:
+                response.close()
+            try:
+                data = json.loads(raw)
             except ValueError:
                 raise OllamaFailure(ErrorCode.BACKEND_ERROR, "Ollama's answer is not JSON",
                                     retryable=True) from None
-            finally:
-                response.close()
             return {"model": data.get("model", body["model"]),
                     "embeddings": data.get("embeddings", []),
                     "prompt_tokens": data.get("prompt_eval_count", 0)}
@@ -242,11 +289,14 @@ class OllamaBackend:
         timeout = min(self.policy.attempt_timeout, max(ctx.remaining(), 0.001))
         ctx.attempts += 1
         try:
-            response = self._session().get(url, timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
+            with ctx.cancel.interrupting(interruptible.current_slot().interrupt):
+                response = self._session().get(url, timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
             response.raise_for_status()
             return response.json()
         except requests.Timeout:
+            ctx.check()
             raise self._timeout_failure(timeout) from None
         except (requests.RequestException, ValueError) as exc:
+            ctx.check()
             raise OllamaFailure(ErrorCode.UNAVAILABLE, f"GET {path} failed: {exc}",
                                 retryable=True) from None

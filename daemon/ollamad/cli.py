@@ -58,7 +58,7 @@ def _serve(ns: argparse.Namespace) -> int:
     configure_logging(config.log_level)
 
     from ollamad.app import Daemon
-    from ollamad.server import SocketInUse
+    from ollamad.serving.router import SocketInUse
     from ollamad.supervisor import SupervisorError
 
     daemon = Daemon(config, reload_config=load)

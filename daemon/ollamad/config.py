@@ -1,14 +1,18 @@
 """Configuration: defaults, then a TOML file, then ``OLLAMAD_*`` variables, then flags.
 
 Every key has a default (those of the old in-process client where it had
-one). An unknown key or a value of the wrong type stops start-up with an
-error that names the key. Settings are frozen values; a reload builds a new
+one), a range and a one-line meaning, declared once with
+:func:`~ollamad.configspec.setting`. An unknown key in the file, a value of
+the wrong type, or a value out of its range stops start-up with an error
+that names the key, its valid values and, when it came from the
+environment, the variable. Settings are frozen values; a reload builds a new
 :class:`Config` and the daemon swaps it in.
 
 Environment names: ``OLLAMAD_<KEY>`` for top-level keys and
 ``OLLAMAD_<SECTION>_<KEY>`` for keys of a section, upper-cased
 (``OLLAMAD_WORKERS=4``, ``OLLAMAD_OLLAMA_PROBE_INTERVAL=2``). ``OLLAMAD_CONFIG``
-names the file.
+names the file. Other ``OLLAMAD_*`` variables are not settings and are
+ignored (the environment is shared with the stand-in, the client and CI).
 """
 
 from __future__ import annotations
@@ -17,213 +21,210 @@ import dataclasses
 import logging
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ollamad_client.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from ollamad.configspec import (ENV_PREFIX, Applies, ConfigError, Key, Rule, check_ranges,
+                                coerce, example_lines, keys, setting, toml_value)
+from ollamad_client.protocol import DEFAULT_MAX_MESSAGE_BYTES, MAX_TIMEOUT
+
+__all__ = ["Config", "ConfigError", "GpuSettings", "OllamaSettings", "load", "example_toml",
+           "toml_value", "all_keys", "changed_keys", "DEFAULT_CONFIG_PATH", "DEFAULT_SOCKET"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "/etc/ollamad/ollamad.toml"
 DEFAULT_SOCKET = "ipc:///run/ollamad/ollamad.sock"
-ENV_PREFIX = "OLLAMAD_"
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the offending key."""
+_MIB = 1024 * 1024
+OLLAMA = Applies.OLLAMA_RESTART
+DAEMON = Applies.DAEMON_RESTART
 
 
 @dataclass(frozen=True)
 class OllamaSettings:
     """How ollamad reaches, starts and watches Ollama."""
 
-    #: Where Ollama listens. In spawn mode a port of 0 lets Ollama pick one.
-    url: str = "http://127.0.0.1:11434"
-    #: "spawn": start and supervise `command`. "external": watch an Ollama
-    #: started by someone else; restart it only through `restart_command`.
-    mode: str = "spawn"
-    command: str = "ollama serve"
-    #: Supervise the bundled stand-in (`ollamad stand-in`) instead of `command`.
-    stand_in: bool = False
-    restart_command: str = ""
-    #: OLLAMA_NUM_PARALLEL for a spawned Ollama; 0 means "the worker count".
-    num_parallel: int = 0
-    startup_timeout: float = 60.0
-    stop_grace: float = 10.0
-    probe_interval: float = 5.0
-    probe_timeout: float = 2.0
-    #: Kept below 2 × probe_interval so a wedge is caught within 3 intervals.
-    inference_probe_timeout: float = 8.0
-    #: Hung = the inference probe fails and no in-flight generation has made
-    #: progress for this long (or none is in flight).
-    hang_after: float = 30.0
-    warm_model: bool = True
-    keep_alive: str = "30m"
-    #: The first restart in a window is immediate; later ones wait this,
-    #: doubling up to restart_backoff_max.
-    restart_backoff_initial: float = 1.0
-    restart_backoff_max: float = 30.0
-    max_restarts: int = 5
-    restart_window: float = 300.0
+    url: str = setting("http://127.0.0.1:11434", "where Ollama listens; in spawn mode port 0 "
+                       "lets Ollama pick one", applies=OLLAMA)
+    mode: str = setting("spawn", "spawn: start and supervise `command`; external: watch an "
+                        "Ollama someone else runs", choices=("spawn", "external"), applies=DAEMON)
+    command: str = setting("ollama serve", "the command that runs Ollama (spawn mode)",
+                           applies=OLLAMA)
+    stand_in: bool = setting(False, "supervise the bundled stand-in (`ollamad stand-in`) instead "
+                             "of `command`", applies=OLLAMA)
+    restart_command: str = setting("", "external mode: the command that restarts Ollama "
+                                   "(empty: only report failures)")
+    num_parallel: int = setting(0, "OLLAMA_NUM_PARALLEL for a spawned Ollama; 0 means the "
+                                "worker count", low=0, high=1024, applies=OLLAMA)
+    startup_timeout: float = setting(60.0, "seconds Ollama may take to answer GET / after a "
+                                     "start", above=0, high=3600)
+    stop_grace: float = setting(10.0, "seconds between SIGTERM and SIGKILL when stopping Ollama",
+                                above=0, high=600)
+    probe_interval: float = setting(5.0, "seconds between probe rounds", above=0, high=3600)
+    probe_timeout: float = setting(2.0, "time limit of a GET / probe, in seconds", above=0,
+                                   high=600)
+    inference_probe_timeout: float = setting(8.0, "time limit of the one-token inference "
+                                             "probe, in seconds", above=0, high=600)
+    hang_after: float = setting(30.0, "Ollama is hung when the inference probe timed out and no generation "
+                                "made progress for this many seconds", above=0, high=3600)
+    warm_model: bool = setting(True, "load `model` as soon as Ollama runs")
+    keep_alive: str = setting("30m", "how long Ollama keeps the model loaded after the probes "
+                              "and warm-up (a Go duration)")
+    restart_backoff_initial: float = setting(1.0, "wait before the second restart in a window; "
+                                             "it doubles", low=0, high=3600)
+    restart_backoff_max: float = setting(30.0, "longest wait between restarts", low=0, high=3600)
+    max_restarts: int = setting(5, "restarts within `restart_window` before giving up (FATAL)",
+                                low=1, high=1000)
+    restart_window: float = setting(300.0, "seconds over which restarts are counted", above=0,
+                                    high=86400)
 
 
 @dataclass(frozen=True)
 class GpuSettings:
     """The NVML watch and the policies that act on it."""
 
-    poll_interval: float = 5.0
-    #: Fraction of a GPU's memory in use above which ollamad reports degraded.
-    memory_pressure: float = 0.95
-    #: VRAM Ollama may hold beyond its loaded models before the leak policy
-    #: restarts it (idle only). 0 disables the policy (the default).
-    leak_threshold_bytes: int = 0
-    leak_duration: float = 300.0
-    #: The module that provides NVML's Python API. Only tests change it, to
-    #: script GPU readings on a machine without a GPU.
-    nvml_module: str = "pynvml"
+    poll_interval: float = setting(5.0, "seconds between GPU readings", above=0, high=3600)
+    memory_pressure: float = setting(0.95, "fraction of a GPU's memory in use above which "
+                                     "ollamad reports degraded", above=0, high=1)
+    leak_threshold_bytes: int = setting(0, "VRAM Ollama may hold beyond its loaded models "
+                                        "before the leak policy restarts it when idle; 0 "
+                                        "disables the policy", low=0)
+    leak_duration: float = setting(300.0, "seconds the excess must last before that restart",
+                                   above=0, high=86400)
+    nvml_module: str = setting("pynvml", "the module that provides NVML (tests script GPU "
+                               "readings with another)", applies=DAEMON)
 
 
 @dataclass(frozen=True)
 class Config:
-    socket: str = DEFAULT_SOCKET
-    #: Mode of an ipc socket file: owner and group may connect, nobody else.
-    socket_mode: int = 0o660
-    #: Members of this group may call admin ops (root and the daemon's own
-    #: user always may).
-    admin_group: str = ""
-    model: str = "llama3.1:8b"
-    workers: int = 8
-    queue_size: int = 256
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_batch: int = 256
-    #: Cap on num_predict, against runaway generation.
-    max_tokens_cap: int = 4096
-    attempt_timeout: float = 10.0
-    max_attempts: int = 3
-    backoff_initial: float = 2.0
-    backoff_multiplier: float = 2.0
-    backoff_max: float = 8.0
-    #: How long in-flight requests may finish when the daemon stops.
-    shutdown_grace: float = 10.0
-    log_level: str = "info"
-    ollama: OllamaSettings = field(default_factory=OllamaSettings)
-    gpu: GpuSettings = field(default_factory=GpuSettings)
+    socket: str = setting(DEFAULT_SOCKET, "the ZeroMQ endpoint clients connect to (ipc:// or "
+                          "tcp://)", applies=DAEMON)
+    socket_mode: int = setting(0o660, "mode of an ipc socket file: owner and group may connect",
+                               low=0, high=0o777, applies=DAEMON, shown=lambda v: f'"{v:04o}"')
+    admin_group: str = setting("", "members of this group may call admin ops (root and the "
+                               "daemon's own user always may)")
+    model: str = setting("llama3.1:8b", "the model for requests that name none")
+    workers: int = setting(8, "requests sent to Ollama at once", low=1, high=256,
+                           applies=DAEMON)
+    queue_size: int = setting(256, "requests that may wait for a worker (a batch enters whole "
+                              "while there is room)", low=1, high=1_000_000, applies=DAEMON)
+    max_queued_bytes: int = setting(256 * _MIB, "bytes of requests admitted and not yet "
+                                    "answered; past it new ones are `busy`", low=_MIB)
+    max_message_bytes: int = setting(DEFAULT_MAX_MESSAGE_BYTES, "largest request message; "
+                                     "libzmq drops the connection of a sender of more",
+                                     low=1024, high=1024 * _MIB, applies=DAEMON)
+    max_batch: int = setting(256, "most prompts in one batch op (clients split longer lists)",
+                             low=1, high=100_000)
+    max_embed_inputs: int = setting(256, "most strings in one embed op (clients split longer "
+                                    "lists)", low=1, high=100_000)
+    max_reply_bytes: int = setting(64 * _MIB, "largest answer read from Ollama for one "
+                                   "request (embeddings)", low=_MIB, high=4096 * _MIB)
+    max_connections: int = setting(4096, "client connections served at once; more are shut "
+                                   "at once (also bounded by the open-file limit)", low=1,
+                                   high=1_000_000, applies=DAEMON)
+    max_tokens_cap: int = setting(4096, "cap on num_predict, against runaway generation",
+                                  low=1, high=1_000_000)
+    attempt_timeout: float = setting(10.0, "seconds one attempt may wait for Ollama's next "
+                                     "chunk", above=0, high=MAX_TIMEOUT)
+    max_attempts: int = setting(3, "attempts per request, the first included", low=1, high=100)
+    backoff_initial: float = setting(2.0, "wait after the first failed attempt, in seconds",
+                                     low=0, high=3600)
+    backoff_multiplier: float = setting(2.0, "each further wait is this many times longer",
+                                        low=1, high=100)
+    backoff_max: float = setting(8.0, "longest wait between attempts, in seconds", low=0,
+                                 high=3600)
+    shutdown_grace: float = setting(10.0, "seconds in-flight requests may finish when the "
+                                    "daemon stops", low=0, high=3600)
+    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
+    ollama: OllamaSettings = setting(OllamaSettings, "Ollama")
+    gpu: GpuSettings = setting(GpuSettings, "GPU")
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
 
 
 _SECTIONS = {"ollama": OllamaSettings, "gpu": GpuSettings}
-_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+RULES = [
+    Rule(("backoff_max", "backoff_initial"), lambda c: c.backoff_max >= c.backoff_initial,
+         "must be at least backoff_initial"),
+    Rule(("ollama.restart_backoff_max", "ollama.restart_backoff_initial"),
+         lambda c: c.ollama.restart_backoff_max >= c.ollama.restart_backoff_initial,
+         "must be at least ollama.restart_backoff_initial"),
+    Rule(("ollama.url",), lambda c: c.ollama.url.startswith(("http://", "https://")),
+         "must start with http:// or https://"),
+    Rule(("socket",), lambda c: c.socket.startswith(("ipc://", "tcp://")),
+         "must be an ipc:// or tcp:// endpoint"),
+]
 
 
-def _coerce(key: str, value: Any, expected: type, from_text: bool) -> Any:
-    """Check (or, for environment text, convert) one value against its type."""
-    if from_text:
-        text = str(value).strip()
-        try:
-            if expected is bool:
-                lowered = text.lower()
-                if lowered in ("1", "true", "yes", "on"):
-                    return True
-                if lowered in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(text)
-            if expected is int:
-                return int(text, 0)
-            if expected is float:
-                return float(text)
-        except ValueError:
-            raise ConfigError(f"{key}: expected {expected.__name__}, got {text!r}") from None
-        return text
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is int and isinstance(value, str) and key.endswith("socket_mode"):
-        try:
-            return int(value, 8)
-        except ValueError:
-            raise ConfigError(f"{key}: expected an octal mode such as \"0660\"") from None
-    if type(value) is not expected:
-        raise ConfigError(f"{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
-    return value
+def all_keys() -> list[Key]:
+    return list(keys(Config, _SECTIONS))
 
 
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+_KEYS = {key.name: key for key in all_keys()}
 
 
-def _apply(cls: type, current: Any, values: Mapping[str, Any], where: str,
-           from_text: bool) -> Any:
-    known = {f.name: f for f in fields(cls)}
+def changed_keys(old: Config, new: Config) -> dict[Applies, list[str]]:
+    """The keys whose value differs, grouped by when the change applies."""
+    changed: dict[Applies, list[str]] = {}
+    for key in _KEYS.values():
+        if key.value(old) != key.value(new):
+            changed.setdefault(key.spec.applies, []).append(key.name)
+    return changed
+
+
+def _apply(config: Config, values: Mapping[str, Any], from_text: bool,
+           where: Mapping[str, str] | str) -> Config:
     changes: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{where}{key}"
-        if key not in known:
-            raise ConfigError(f"{name}: unknown key")
-        if key in _SECTIONS:
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        if name in _SECTIONS:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{name}: expected a table")
-            changes[key] = _apply(_SECTIONS[key], getattr(current, key), value,
-                                  f"{key}.", from_text)
+            for sub, sub_value in value.items():
+                key = _KEYS.get(f"{name}.{sub}")
+                if key is None:
+                    raise ConfigError(f"{name}.{sub}: unknown key")
+                origin = where if isinstance(where, str) else where[key.name]
+                sections.setdefault(name, {})[sub] = coerce(key, sub_value, from_text, origin)
             continue
-        expected = _TYPES[known[key].type] if isinstance(known[key].type, str) else known[key].type
-        changes[key] = _coerce(name, value, expected, from_text)
-    return dataclasses.replace(current, **changes)
+        key = _KEYS.get(name)
+        if key is None or key.section is not None:
+            raise ConfigError(f"{name}: unknown key")
+        changes[name] = coerce(key, value, from_text, where if isinstance(where, str)
+                               else where[key.name])
+    for name, sub_changes in sections.items():
+        changes[name] = dataclasses.replace(getattr(config, name), **sub_changes)
+    return dataclasses.replace(config, **changes)
 
 
-def _validate(config: Config) -> Config:
-    checks = [
-        ("workers", config.workers >= 1),
-        ("queue_size", config.queue_size >= 1),
-        ("max_message_bytes", config.max_message_bytes >= 1024),
-        ("max_batch", config.max_batch >= 1),
-        ("max_tokens_cap", config.max_tokens_cap >= 1),
-        ("attempt_timeout", config.attempt_timeout > 0),
-        ("max_attempts", config.max_attempts >= 1),
-        ("backoff_initial", config.backoff_initial >= 0),
-        ("backoff_max", config.backoff_max >= config.backoff_initial),
-        ("shutdown_grace", config.shutdown_grace >= 0),
-        ("log_level", config.log_level in _LOG_LEVELS),
-        ("socket_mode", 0 <= config.socket_mode <= 0o777),
-        ("ollama.mode", config.ollama.mode in ("spawn", "external")),
-        ("ollama.url", config.ollama.url.startswith(("http://", "https://"))),
-        ("ollama.num_parallel", config.ollama.num_parallel >= 0),
-        ("ollama.probe_interval", config.ollama.probe_interval > 0),
-        ("ollama.startup_timeout", config.ollama.startup_timeout > 0),
-        ("ollama.max_restarts", config.ollama.max_restarts >= 1),
-        ("gpu.poll_interval", config.gpu.poll_interval > 0),
-        ("gpu.memory_pressure", 0 < config.gpu.memory_pressure <= 1),
-        ("gpu.leak_threshold_bytes", config.gpu.leak_threshold_bytes >= 0),
-    ]
-    for key, ok in checks:
-        if not ok:
-            raise ConfigError(f"{key}: invalid value")
-    return config
+def _environment_values(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Map ``OLLAMAD_*`` variables onto config keys; other names are ignored.
 
-
-def _environment_values(env: Mapping[str, str]) -> dict[str, Any]:
-    """Map ``OLLAMAD_*`` variables onto config keys; other names are ignored."""
-    top = {f.name for f in fields(Config)} - set(_SECTIONS)
+    Returns the values (nested like the file) and, per key, the variable it came from.
+    """
+    by_variable = {key.variable: key for key in _KEYS.values()}
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for name, text in env.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
-        key = name[len(ENV_PREFIX):].lower()
-        if key in top:
-            values[key] = text
-            continue
-        for section, cls in _SECTIONS.items():
-            sub = key.removeprefix(section + "_")
-            if sub != key and sub in {f.name for f in fields(cls)}:
-                values.setdefault(section, {})[sub] = text
-                break
-        else:
+        key = by_variable.get(name)
+        if key is None:
             # The environment is shared with everything else on the host (the
             # stand-in's OLLAMAD_STANDIN_*, the client's OLLAMAD_SOCKET and
             # OLLAMAD_APP, CI's own variables): a name that is no setting is
             # not ours to refuse. A known name with a bad value still is.
             log.debug("ignoring %s: not an ollamad setting", name)
-    return values
+            continue
+        if key.section:
+            values.setdefault(key.section, {})[key.attribute] = text
+        else:
+            values[key.name] = text
+        origins[key.name] = name
+    return values, origins
 
 
 def load(path: str | os.PathLike[str] | None = None,
@@ -239,7 +240,6 @@ def load(path: str | os.PathLike[str] | None = None,
     env = os.environ if env is None else env
     explicit = path is not None or "OLLAMAD_CONFIG" in env
     file_path = Path(path if path is not None else env.get("OLLAMAD_CONFIG", DEFAULT_CONFIG_PATH))
-    config = Config()
     try:
         with open(file_path, "rb") as handle:
             data = tomllib.load(handle)
@@ -251,35 +251,21 @@ def load(path: str | os.PathLike[str] | None = None,
         raise ConfigError(f"config file {file_path}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"config file {file_path}: {exc.strerror}") from None
-    config = _apply(Config, config, data, "", from_text=False)
-    config = _apply(Config, config, _environment_values(env), "", from_text=True)
-    config = _apply(Config, config, overrides or {}, "", from_text=False)
-    return _validate(config)
+    env_values, env_origins = _environment_values(env)
+    config = _apply(Config(), data, False, f"in {file_path}")
+    config = _apply(config, env_values, True, env_origins)
+    config = _apply(config, overrides or {}, False, "from the command line")
 
+    def origin(key: Key) -> str:
+        return f" (set by {env_origins[key.name]})" if key.name in env_origins else ""
 
-def toml_value(value: Any) -> str:
-    """One value written as TOML (strings, numbers and booleans)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
+    check_ranges(config, list(_KEYS.values()), RULES, origin)
+    return config
 
 
 def example_toml() -> str:
-    """The example config file: every key with its default value, commented out."""
+    """The example config file: every key with its default, meaning and range, commented out."""
     lines = ["# ollamad configuration. Every key is optional; shown are the defaults.",
              "# Environment variables OLLAMAD_<KEY> / OLLAMAD_<SECTION>_<KEY> override",
-             "# this file, and command-line flags override both.", ""]
-    defaults = Config()
-    for f in fields(Config):
-        if f.name in _SECTIONS:
-            continue
-        value = getattr(defaults, f.name)
-        shown = f'"{value:04o}"' if f.name == "socket_mode" else toml_value(value)
-        lines.append(f"# {f.name} = {shown}")
-    for section in _SECTIONS:
-        lines += ["", f"[{section}]"]
-        for f in fields(_SECTIONS[section]):
-            lines.append(f"# {f.name} = {toml_value(getattr(getattr(defaults, section), f.name))}")
-    return "\n".join(lines) + "\n"
+             "# this file, and command-line flags override both."]
+    return "\n".join(lines + example_lines(all_keys())) + "\n"

@@ -1,9 +1,13 @@
 """The worker pool: N threads behind a bounded queue, and the progress tracker.
 
-Only the I/O thread submits, so checking free room and then putting several
-tasks (a batch) is atomic with respect to other submitters: workers only ever
-make room. A task whose deadline passed while it waited is expired without
-running, so it never reaches Ollama.
+The queue counts what is waiting: a task whose request was answered while it
+waited (timed out, cancelled, its client gone) is *dropped*: it leaves the
+count at once, never runs, and its memory is pruned from the queue soon
+after. Admission needs free room, one place for a single request and for a
+whole batch alike (a batch goes in whole, so that single requests arriving
+all the time cannot starve it out), so the queue holds at most
+``capacity - 1`` plus one batch's items. A task whose deadline passed while
+it waited is expired without running, so it never reaches Ollama.
 
 Idle workers are woken last-in, first-out. Each worker keeps its own HTTP
 connection to Ollama, so under light load the same warm worker and
@@ -19,27 +23,38 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from ollamad_client.protocol import Error
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+class _Cancel(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass(eq=False)
 class Task:
     run: Callable[[], None]          # does the work and finishes its exchange
     #: Answers instead of running: "timeout" by default, or the given error
     #: (shutdown answers "shutting_down").
     expire: Callable[[Error | None], None]
     deadline: float
-    cancel: threading.Event
+    cancel: _Cancel
+    #: Queued, taken by a worker, or dropped from the queue unrun.
+    state: str = "queued"
+
+
+#: Dropped tasks that may linger in the queue (beyond the live ones) before a prune.
+PRUNE_AFTER = 64
 
 
 class WorkerPool:
     def __init__(self, workers: int, capacity: int, name: str = "worker"):
         self._capacity = capacity
         self._tasks: collections.deque[Task] = collections.deque()
+        self._queued = 0         # tasks in _tasks still in the "queued" state
         self._lock = threading.Lock()
         self._idle: list[threading.Event] = []   # a stack: the last to idle wakes first
         self._busy = 0
@@ -56,17 +71,34 @@ class WorkerPool:
             thread.start()
 
     def submit(self, tasks: list[Task]) -> bool:
-        """Queue all of ``tasks`` or none of them; False when the queue is full."""
+        """Queue all of ``tasks`` (one request's) or none; False when the queue is full."""
         with self._lock:
-            if self._stopping or len(self._tasks) + len(tasks) > self._capacity:
+            if self._stopping or self._queued >= self._capacity:
                 return False
             self._tasks.extend(tasks)
+            self._queued += len(tasks)
             for _ in range(min(len(tasks), len(self._idle))):
                 self._idle.pop().set()
             return True
 
+    def drop(self, tasks: list[Task]) -> None:
+        """Their request was answered: those still queued leave the queue unrun."""
+        with self._lock:
+            for task in tasks:
+                if task.state == "queued":
+                    task.state = "dropped"
+                    self._queued -= 1
+            if len(self._tasks) - self._queued > self._queued + PRUNE_AFTER:
+                self._tasks = collections.deque(t for t in self._tasks if t.state == "queued")
+
     def depth(self) -> int:
-        return len(self._tasks)
+        """Tasks waiting for a worker."""
+        return self._queued
+
+    def alive(self) -> bool:
+        """Every worker thread runs (before start() and after stop() too)."""
+        return self._stopping or not any(t.ident is not None and not t.is_alive()
+                                         for t in self._threads)
 
     def busy(self) -> int:
         return self._busy
@@ -74,8 +106,11 @@ class WorkerPool:
     def drain(self) -> list[Task]:
         """Take every queued task out (shutdown answers them itself)."""
         with self._lock:
-            tasks = list(self._tasks)
+            tasks = [t for t in self._tasks if t.state == "queued"]
+            for task in tasks:
+                task.state = "dropped"
             self._tasks.clear()
+            self._queued = 0
             return tasks
 
     def stop(self, timeout: float) -> bool:
@@ -93,9 +128,13 @@ class WorkerPool:
     def _next(self, wake: threading.Event) -> Task | None:
         while True:
             with self._lock:
-                if self._tasks:
-                    self._busy += 1
-                    return self._tasks.popleft()
+                while self._tasks:
+                    task = self._tasks.popleft()
+                    if task.state == "queued":
+                        task.state = "taken"
+                        self._queued -= 1
+                        self._busy += 1
+                        return task
                 if self._stopping:
                     return None
                 wake.clear()

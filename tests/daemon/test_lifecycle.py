@@ -141,7 +141,7 @@ def test_sighup_reloads_live_settings_and_names_what_needs_a_restart(daemon, wai
     daemon.config_path.write_text("workers = 3\n" + text)
     os.kill(daemon.process.pid, signal.SIGHUP)
     wait_for(lambda: "reload" in daemon.log(), 10, "the reload")
-    assert "these changes need a daemon restart to apply: workers" in daemon.log()
+    assert "these changes apply at the daemon's next start: workers" in daemon.log()
     with daemon.client() as client:
         assert client.generate("still serving")["text"]
         assert client.status()["daemon"]["workers"] == 8

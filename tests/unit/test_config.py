@@ -46,8 +46,10 @@ def test_bad_keys_and_types_name_the_key(tmp_path, text, key):
 
 
 def test_bad_environment_values_name_the_variable():
-    with pytest.raises(ConfigError, match="workers: expected int"):
+    with pytest.raises(ConfigError, match=r"workers: expected an integer, got 'many' \(from OLLAMAD_WORKERS\)"):
         config.load(env={"OLLAMAD_WORKERS": "many"})
+    with pytest.raises(ConfigError, match=r"max_attempts: 0 is out of range: must be 1 to 100 \(set by OLLAMAD_MAX_ATTEMPTS\)"):
+        config.load(env={"OLLAMAD_MAX_ATTEMPTS": "0"})
 
 
 def test_variables_that_are_no_setting_are_ignored_and_logged_at_debug(caplog):
@@ -69,6 +71,24 @@ def test_missing_explicit_file_is_an_error_but_missing_default_is_not(tmp_path):
 def test_broken_toml_is_reported(tmp_path):
     with pytest.raises(ConfigError, match="config file"):
         config.load(write(tmp_path, "workers = \n"), env={})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("max_attempts = 0\n", "max_attempts: 0 is out of range: must be 1 to 100"),
+    ("[ollama]\nprobe_timeout = 0.0\n", "ollama.probe_timeout: 0.0 is out of range: must be > 0"),
+    ("[ollama]\nhang_after = -1.0\n", "ollama.hang_after: -1.0 is out of range"),
+    ("[ollama]\nstop_grace = 0\n", "ollama.stop_grace: 0.0 is out of range"),
+    ("[ollama]\nrestart_window = 0\n", "ollama.restart_window: 0.0 is out of range"),
+    ("[ollama]\ninference_probe_timeout = 0\n", "ollama.inference_probe_timeout: 0.0 is out of range"),
+    ("backoff_multiplier = 0\n", "backoff_multiplier: 0.0 is out of range: must be 1 to 100"),
+    ("backoff_initial = 5.0\nbackoff_max = 1.0\n", "backoff_max: must be at least backoff_initial"),
+    ("log_level = \"loud\"\n", "log_level: 'loud' is out of range: must be one of"),
+    ("socket = \"banana\"\n", "socket: must be an ipc:// or tcp:// endpoint"),
+])
+def test_ranges_and_rules_say_what_is_valid(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        config.load(write(tmp_path, text), env={})
+    assert str(err.value).startswith(message), str(err.value)
 
 
 def test_example_config_parses_and_names_every_key(tmp_path):

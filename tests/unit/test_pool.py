@@ -11,12 +11,30 @@ def task(run, deadline_in=5.0, expired=None, cancel=None):
                 deadline=time.monotonic() + deadline_in, cancel=cancel or threading.Event())
 
 
-def test_a_batch_is_admitted_whole_or_not_at_all():
+def test_a_batch_goes_in_whole_while_there_is_room_and_not_once_it_is_full():
     pool = WorkerPool(1, capacity=3)  # not started: nothing leaves the queue
-    assert pool.submit([task(lambda: None)] * 2)
-    assert not pool.submit([task(lambda: None)] * 2)
-    assert pool.depth() == 2 and pool.submit([task(lambda: None)])
-    assert len(pool.drain()) == 3 and pool.depth() == 0
+    assert pool.submit([task(lambda: None) for _ in range(2)])
+    # One place is free: a batch of 5 is not starved out by the two queued.
+    assert pool.submit([task(lambda: None) for _ in range(5)])
+    assert pool.depth() == 7
+    assert not pool.submit([task(lambda: None)])
+    assert len(pool.drain()) == 7 and pool.depth() == 0
+
+
+def test_a_dropped_task_leaves_the_queue_at_once_and_never_runs(wait_for):
+    pool = WorkerPool(1, capacity=2)
+    ran = []
+    first = [task(lambda: ran.append("first"))]
+    assert pool.submit(first) and pool.submit([task(lambda: ran.append("second"))])
+    assert not pool.submit([task(lambda: None)])
+    pool.drop(first)          # its request timed out while it waited
+    assert pool.depth() == 1 and pool.submit([task(lambda: ran.append("third"))])
+    pool.start()
+    try:
+        wait_for(lambda: len(ran) == 2, 5, "the live tasks to run")
+        assert ran == ["second", "third"]
+    finally:
+        assert pool.stop(5)
 
 
 def test_a_task_past_its_deadline_is_expired_not_run(wait_for):

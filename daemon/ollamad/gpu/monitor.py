@@ -165,6 +165,20 @@ class GpuMonitor:
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def started(self) -> bool:
+        """start() was called and stop() was not."""
+        return self._thread is not None and not self._stop.is_set()
+
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    @interval.setter
+    def interval(self, seconds: float) -> None:
+        """A reload's new ``gpu.poll_interval``: it applies from the next poll."""
+        self._interval = seconds
+
     # -- readers (any thread) ---------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:

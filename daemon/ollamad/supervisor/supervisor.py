@@ -142,6 +142,25 @@ class Supervisor:
                 self._cond.wait(remaining)
             return True
 
+    def unavailable_reason(self) -> str | None:
+        """Why Ollama cannot come back without an operator: FATAL, stopping, or a dead supervisor."""
+        with self._cond:
+            if self._thread_failed:
+                return self._report.fatal_reason or "the supervisor failed"
+            if self._stop_requested:
+                return "ollamad is stopping Ollama"
+            if self._state is State.FATAL:
+                return (f"Ollama is FATAL ({self._report.fatal_reason}); "
+                        "an admin can run `ollamad restart` once the cause is fixed")
+        return None
+
+    def thread_alive(self) -> bool:
+        """The supervisor thread runs (or has not been started), and has not failed."""
+        with self._cond:
+            failed = self._thread_failed
+        return not failed and (self._thread is None or self._thread.is_alive()
+                               or self._stop_requested)
+
     def request_restart(self, reason: str) -> None:
         """Restart Ollama now, whatever its state (FATAL included). Returns at once."""
         if self.mode == "external" and not self._config.ollama.restart_command:

@@ -1,32 +1,41 @@
 """One registered handler per op.
 
 Handlers run on the I/O thread. Cheap ops (ping, status, metrics, health,
-gpu) answer there and then from snapshots; ops that call Ollama validate
-their arguments (a bad one is answered at once) and queue tasks on the
-worker pool. A full queue is answered ``busy``.
+gpu, cancel, and the admin op restart, which only posts a request to the
+supervisor) answer there and then; ops that call Ollama validate their
+arguments (a bad one is answered at once) and queue tasks on the worker
+pool. A full queue, or queued requests holding more than
+``max_queued_bytes``, is answered ``busy``; a FATAL Ollama ``unavailable``
+at once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from typing import Any, Callable, Mapping, Protocol
 
 from ollamad import __version__, args
 from ollamad.backend import CallContext, OllamaBackend
-from ollamad.exchange import BatchExchange, Exchange
-from ollamad.metrics import Metrics
 from ollamad.pool import ProgressTracker, Task, WorkerPool
 from ollamad.retry import OllamaFailure
-from ollamad.server import Peer
+from ollamad.serving.exchange import BatchExchange, Exchange
+from ollamad.serving.registry import OpenRequests, cancellable_by
+from ollamad.serving.router import Peer
+from ollamad.metrics import Metrics
 from ollamad_client import protocol
 from ollamad_client.protocol import Error, ErrorCode
 
 log = logging.getLogger(__name__)
 
+#: Longest restart reason kept (it is stored and shown in status).
+MAX_REASON = 200
+
 
 class Introspection(Protocol):
-    """What the daemon reports about itself (implemented by the Daemon)."""
+    """What the daemon reports about itself, and its admin actions."""
 
     def status(self) -> dict[str, Any]: ...
     def health(self) -> dict[str, Any]: ...
@@ -34,10 +43,8 @@ class Introspection(Protocol):
     def gpu(self) -> dict[str, Any]: ...
     def restart_ollama(self, reason: str) -> dict[str, Any]: ...
     def is_admin(self, peer: Peer) -> bool: ...
+    def unavailable_reason(self) -> str | None: ...
 
-
-#: Longest restart reason kept (it is stored and shown in status).
-MAX_REASON = 200
 
 Handler = Callable[["Dispatcher", Exchange, Peer], None]
 _HANDLERS: dict[str, Handler] = {}
@@ -53,42 +60,65 @@ def handles(op: str) -> Callable[[Handler], Handler]:
 class Dispatcher:
     def __init__(self, *, pool: WorkerPool, backend: OllamaBackend, metrics: Metrics,
                  progress: ProgressTracker, introspection: Introspection,
-                 defaults: args.GenerationDefaults, max_batch: int, max_message_bytes: int):
+                 defaults: args.GenerationDefaults, limits: args.Limits,
+                 requests: OpenRequests):
         self.pool = pool
         self.backend = backend
         self.metrics = metrics
         self.progress = progress
         self.introspection = introspection
         self.defaults = defaults
-        self.max_batch = max_batch
-        self.max_message_bytes = max_message_bytes
+        self.limits = limits
+        self.requests = requests
+        self._bytes_lock = threading.Lock()
+        #: Bytes of the requests admitted and not yet answered.
+        self.queued_bytes = 0
 
     def dispatch(self, exchange: Exchange, peer: Peer) -> None:
-        handler = _HANDLERS.get(exchange.request.op)
+        handler = _HANDLERS.get(exchange.op)
         if handler is None:  # an op the protocol knows but this daemon does not serve
-            exchange.reject(Error.of(ErrorCode.UNKNOWN_OP, f"op {exchange.request.op!r} is not served"))
+            exchange.reject(Error.of(ErrorCode.UNKNOWN_OP, f"op {exchange.op!r} is not served"))
             return
         try:
             handler(self, exchange, peer)
         except OllamaFailure as failure:  # argument validation
             exchange.reject(failure.to_error())
-        except Exception as exc:
-            log.exception("handler for %s failed", exchange.request.op)
-            exchange.reject(Error.of(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
 
     # -- helpers for handlers --------------------------------------------
 
     def submit(self, exchange: Exchange, tasks: list[Task]) -> None:
-        if not self.pool.submit(tasks):
+        reason = self.introspection.unavailable_reason()
+        if reason:
+            exchange.reject(Error.of(ErrorCode.UNAVAILABLE, reason, retryable=False))
+            return
+        with self._bytes_lock:
+            over = self.queued_bytes + exchange.size > self.limits.max_queued_bytes
+        if over or not self.pool.submit(tasks):
             self.metrics.count_busy()
-            exchange.reject(Error.of(ErrorCode.BUSY, "the request queue is full; try again shortly"))
+            what = (f"queued requests hold {self.limits.max_queued_bytes} bytes" if over
+                    else "the request queue is full")
+            exchange.reject(Error.of(ErrorCode.BUSY, f"{what}; try again shortly"))
+            return
+        with self._bytes_lock:
+            self.queued_bytes += exchange.size
+        exchange.on_finish(lambda finished: self._finished(finished, tasks))
+
+    def _finished(self, exchange: Exchange, tasks: list[Task]) -> None:
+        self.pool.drop(tasks)
+        with self._bytes_lock:
+            self.queued_bytes -= exchange.size
 
     def task(self, exchange: Exchange, work: Callable[[CallContext], Mapping[str, Any]],
              *, generation: bool = False,
              finish: Callable[[Mapping[str, Any] | None, Error | None], None] | None = None) -> Task:
         """A pool task that runs ``work`` and finishes the exchange (or ``finish``)."""
 
-        def done(result: Mapping[str, Any] | None, error: Error | None, attempts: int) -> None:
+        def done(result: Mapping[str, Any] | None, error: Error | None, attempts: int,
+                 started: float) -> None:
+            if result is not None and generation:
+                now = time.monotonic()
+                result = {**result, "response_time": round(now - exchange.received_at, 6),
+                          "queue_wait": round(started - exchange.received_at, 6)}
             if finish is not None:
                 finish(result, error)
             elif error is None:
@@ -98,20 +128,23 @@ class Dispatcher:
                 exchange.reject(error)
 
         def run() -> None:
+            started = time.monotonic()
+            exchange.begin()
             ctx = CallContext(deadline=exchange.deadline, cancel=exchange.cancel)
             if generation:
                 ctx.on_progress = self.progress.touch
                 if exchange.request.stream:
-                    ctx.on_chunk = lambda text: exchange.send_chunk({"text": text})
+                    stall = self.backend.policy.attempt_timeout
+                    ctx.on_chunk = lambda text: exchange.send_chunk({"text": text}, stall)
                 self.progress.begin()
             try:
-                done(work(ctx), None, ctx.attempts)
+                done(work(ctx), None, ctx.attempts, started)
             except OllamaFailure as failure:
-                done(None, failure.to_error(), ctx.attempts)
+                done(None, failure.to_error(), ctx.attempts, started)
             except Exception as exc:
-                log.exception("%s failed", exchange.request.op)
+                log.exception("%s failed", exchange.op)
                 done(None, Error.of(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"),
-                     ctx.attempts)
+                     ctx.attempts, started)
             finally:
                 if generation:
                     self.progress.end()
@@ -146,7 +179,7 @@ def _chat(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
 @handles("batch")
 def _batch(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
     assert isinstance(exchange, BatchExchange), "the I/O loop makes batch exchanges"
-    prompts = args.batch_prompts(exchange.request.args, d.max_batch)
+    prompts = args.batch_prompts(exchange.request.args, d.limits.max_batch)
     calls = [args.generate_call(exchange.request.args, d.defaults, prompt=p) for p in prompts]
 
     def item(index: int, call: args.GenerationCall) -> Task:
@@ -161,8 +194,9 @@ def _batch(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
 
 @handles("embed")
 def _embed(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
-    body = args.embed_body(exchange.request.args, d.defaults)
-    d.submit(exchange, [d.task(exchange, lambda ctx: d.backend.embed(ctx, body))])
+    body = args.embed_body(exchange.request.args, d.defaults, d.limits.max_embed_inputs)
+    d.submit(exchange, [d.task(exchange, lambda ctx: d.backend.embed(
+        ctx, body, d.limits.max_reply_bytes))])
 
 
 @handles("models")
@@ -173,12 +207,24 @@ def _models(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
     d.submit(exchange, [d.task(exchange, listing)])
 
 
-# -- introspection, answered on the I/O thread --------------------------------
+# -- answered on the I/O thread ---------------------------------------------
 
 @handles("ping")
 def _ping(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
     exchange.resolve({"protocol": protocol.VERSION, "version": __version__, "pid": os.getpid(),
-                      "max_message_bytes": d.max_message_bytes})
+                      **d.limits.advertised()})
+
+
+@handles("cancel")
+def _cancel(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
+    target = exchange.request.args.get("id")
+    if not isinstance(target, str) or not 0 < len(target) <= protocol.MAX_ID_LENGTH:
+        raise args.InvalidArguments(f"'id' must be the id of an earlier request "
+                                    f"(1 to {protocol.MAX_ID_LENGTH} characters)")
+    cancelled = [found.reject(Error.of(ErrorCode.CANCELLED, "cancelled by the client"))
+                 for found in cancellable_by(d.requests.find(target), exchange.connection,
+                                             peer.uid)]
+    exchange.resolve({"cancelled": any(cancelled)})
 
 
 def _snapshot_handler(op: str) -> Handler:
@@ -204,7 +250,4 @@ def _restart(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
     # most when the workers are stuck. It only posts the request to the
     # supervisor (which runs any restart command on its own thread), and
     # requests read after it wait for the new Ollama.
-    try:
-        exchange.resolve(d.introspection.restart_ollama(reason[:MAX_REASON]))
-    except OllamaFailure as failure:
-        exchange.reject(failure.to_error())
+    exchange.resolve(d.introspection.restart_ollama(reason[:MAX_REASON]))

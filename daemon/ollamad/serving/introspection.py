@@ -1,0 +1,102 @@
+"""What the daemon reports about itself: ``status``, ``health`` and ``metrics``.
+
+Built on the I/O thread from snapshots the other parts keep (the
+supervisor's, the GPU monitor's, the pool's counters), so answering never
+waits on Ollama or NVML.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Any, Callable
+
+from ollamad import __version__
+from ollamad.gpu import GpuMonitor, cpu_fallback, memory_pressure
+from ollamad.metrics import Metrics
+from ollamad.pool import ProgressTracker, WorkerPool
+from ollamad.serving.registry import OpenRequests
+from ollamad.supervisor import Supervisor
+
+
+def open_files() -> dict[str, int | None]:
+    """This process's open descriptors and its soft limit."""
+    try:
+        count: int | None = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        count = None
+    return {"open": count, "limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
+
+
+class Introspection:
+    def __init__(self, *, config: Callable[[], Any], supervisor: Supervisor, pool: WorkerPool,
+                 gpu_monitor: GpuMonitor, metrics: Metrics, progress: ProgressTracker,
+                 requests: OpenRequests, bound: Callable[[], str], stopping: Callable[[], bool],
+                 queued_bytes: Callable[[], int], backlog: Callable[[], int]):
+        self._config = config
+        self._supervisor = supervisor
+        self._pool = pool
+        self._gpu = gpu_monitor
+        self._metrics = metrics
+        self._progress = progress
+        self._requests = requests
+        self._bound = bound
+        self._stopping = stopping
+        self._queued_bytes = queued_bytes
+        self._backlog = backlog
+        self._started = time.monotonic()
+
+    def status(self) -> dict[str, Any]:
+        config = self._config()
+        return {
+            "daemon": {"pid": os.getpid(), "version": __version__,
+                       "uptime_s": round(time.monotonic() - self._started, 3),
+                       "socket": self._bound(),
+                       "state": "stopping" if self._stopping() else "serving",
+                       "workers": self._pool.size, "busy_workers": self._pool.busy(),
+                       "queue_depth": self._pool.depth(), "queue_capacity": config.queue_size,
+                       "queued_bytes": self._queued_bytes(),
+                       "queued_bytes_limit": config.max_queued_bytes,
+                       "replies_waiting_for_slow_clients": self._backlog(),
+                       "connections": {"open": self._requests.connections,
+                                       "max": self._requests.max_connections,
+                                       "refused": self._requests.refused_connections},
+                       "files": open_files(),
+                       "model": config.model},
+            "ollama": self._supervisor.snapshot(),
+            "gpu": self._gpu.summary(),
+            "health": self.health(),
+        }
+
+    def health(self) -> dict[str, Any]:
+        config = self._config()
+        ollama = self._supervisor.snapshot()
+        unhealthy, degraded = [], []
+        if self._stopping():
+            unhealthy.append("ollamad is shutting down")
+        if ollama.get("state") != "RUNNING":
+            why = ollama.get("fatal_reason") or ollama.get("last_reason")
+            unhealthy.append(f"Ollama is {ollama.get('state')}" + (f": {why}" if why else ""))
+        gpu = self._gpu.snapshot()
+        degraded += memory_pressure(gpu, config.gpu.memory_pressure)
+        degraded += cpu_fallback(gpu, ollama.get("models") or [])
+        connections = self._requests.connections
+        if connections >= 0.9 * self._requests.max_connections:
+            degraded.append(f"{connections} client connections open, of at most "
+                            f"{self._requests.max_connections}")
+        status = "unhealthy" if unhealthy else "degraded" if degraded else "healthy"
+        return {"healthy": status == "healthy", "status": status, "reasons": unhealthy + degraded,
+                "ollama": {"state": ollama.get("state"), "pid": ollama.get("pid"),
+                           "url": ollama.get("url"), "restarts": ollama.get("restarts")},
+                "gpu": self._gpu.summary()}
+
+    def metrics(self) -> dict[str, Any]:
+        in_flight, _ = self._progress()
+        return self._metrics.snapshot(queue_depth=self._pool.depth(), in_flight=self._pool.busy(),
+                                      generations_in_flight=in_flight,
+                                      ollama_restarts=self._supervisor.snapshot().get("restarts", 0),
+                                      gpu=self._gpu.metrics())
+
+    def gpu(self) -> dict[str, Any]:
+        return self._gpu.snapshot()
