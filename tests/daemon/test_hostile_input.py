@@ -88,6 +88,23 @@ def test_json_of_the_wrong_shape_gets_exactly_one_final_reply(daemon):
 
 @pytest.mark.parametrize("body, code", [
     (b"not json", None),
+    (b"[" * 1000, None),
+    (b"[" * 100_000, None),
+    (b'{"v": 1, "id": "n", "op": "generate", "args": {"prompt": "x", "temperature": NaN}}',
+     "bad_request"),
+    (b'{"v": 1, "id": "i", "op": "ping", "args": {"x": -Infinity}}', "bad_request"),
+    (b'{"v": 1, "id": "e", "op": "ping", "args": {"x": 1e999}}', "bad_request"),
+    (b'{"v": true, "id": "t", "op": "ping"}', "bad_request"),
+    (b'{"v": 1.0, "id": "f", "op": "ping"}', "bad_request"),
+    (b'{"v": 1, "id": "deep", "op": "ping", "args": {"x": ' + b"[" * 500 + b"]" * 500 + b"}}",
+     "bad_request"),
+    (b'{"v": 2, "id": "\\ud800", "op": "ping"}', "bad_request"),
+    (b'{"v": 1, "id": "r", "op": "generate", "args": {"prompt": "x", "format": "yaml"}}',
+     "bad_request"),
+    (b'{"v": 1, "id": "role", "op": "chat", "args": {"messages": [{"role": "root", "content": "x"}]}}',
+     "bad_request"),
+    (b'{"v": 1, "id": "many", "op": "embed", "args": {"input": ' +
+     json.dumps(["x"] * 4000).encode() + b'}}', "too_large"),
     (b'{"v": 1, "id": "a", "op": "explode"}', "unknown_op"),
     (b'{"v": 1, "id": "b", "op": "generate", "args": {"prompt": ["x"]}}', "bad_request"),
     (b'{"v": 1, "id": "c", "op": "generate", "timeout": "soon"}', "bad_request"),
@@ -104,9 +121,40 @@ def test_specific_bad_requests(daemon, body, code, wait_for):
         else:
             reply = protocol.decode_reply(sock.recv())
             assert reply.error is not None and reply.error.code.value == code
+            assert reply.id == json.loads(body.decode(errors="replace").replace("NaN", "0")
+                                          .replace("-Infinity", "0").replace("1e999", "0"))["id"]
+            assert sock.poll(200) == 0, "exactly one reply"
     finally:
         sock.close()
     still_serves(daemon)
+
+
+def test_a_lone_surrogate_id_is_answered_with_that_id(daemon):
+    sock = raw_socket(daemon.socket)
+    try:
+        sock.send(b'{"v": 1, "id": "\\ud800", "op": "ping"}')
+        reply = protocol.decode_reply(sock.recv())
+    finally:
+        sock.close()
+    assert reply.id == "\ud800" and reply.result["protocol"] == 1
+
+
+def test_a_zmtp_1_0_peer_is_refused_by_libzmq(daemon):
+    import socket as plain
+    path = daemon.socket[len("ipc://"):]
+    peer = plain.socket(plain.AF_UNIX, plain.SOCK_STREAM)
+    peer.settimeout(5)
+    try:
+        peer.connect(path)
+        peer.sendall(b"\x01\x00\x05\x00ping")   # a ZMTP/1.0 greeting and message
+        leftover = b""
+        while chunk := peer.recv(4096):             # libzmq closes the connection
+            leftover += chunk
+    finally:
+        peer.close()
+    with daemon.client() as client:
+        assert client.ping()["protocol"] == 1
+        assert client.metrics()["ops"].get("invalid") is None   # it never reached the loop
 
 
 def test_an_oversized_message_disconnects_only_its_sender(daemon):
@@ -138,12 +186,29 @@ def test_a_req_peer_gets_its_reply(daemon):
     assert reply.id == "req-1" and reply.result["protocol"] == 1
 
 
-def test_a_client_that_vanishes_mid_request_costs_nothing(daemon):
-    for i in range(20):
+def test_a_client_that_vanishes_mid_request_costs_nothing(daemon_factory, wait_for):
+    # Slow tokens: each generation would run ~10 s if nobody cut it.
+    daemon = daemon_factory({"ollama": {"probe_interval": 60.0}},
+                            env={"OLLAMAD_STANDIN_TOKEN_DELAY": "0.3"})
+    daemon.quiesce()
+    for i in range(4):
         sock = raw_socket(daemon.socket)
-        sock.send(protocol.encode_request(protocol.Request(id=f"gone-{i}", op="generate",
-                                                           args={"prompt": "bye"})))
+        sock.send(protocol.encode_request(protocol.Request(
+            id=f"gone-{i}", op="generate", args={"prompt": f"bye {i}", "max_tokens": 200})))
+        wait_for(lambda: daemon.standin_state()["stats"]["generations_in_flight"] == 1, 10,
+                 "the generation to reach Ollama")
         sock.close()
+        # The daemon sees the connection close, cancels the request and cuts
+        # its HTTP connection: Ollama stops generating (the stand-in notices
+        # at its next token, 0.3 s at most).
+        wait_for(lambda: daemon.standin_state()["stats"]["generations_in_flight"] == 0, 1.5,
+                 "Ollama to stop generating for the vanished client")
+    with daemon.client() as client:
+        status = client.status()["daemon"]
+        metrics = client.metrics()
+    assert status["busy_workers"] == 0 and status["queue_depth"] == 0
+    assert metrics["errors"].get("cancelled") == 4
+    assert daemon.standin_state()["stats"]["completed_generations"] == 0
     still_serves(daemon)
 
 
