@@ -7,8 +7,8 @@ import pickle
 import pytest
 
 import ollamad_client
-from ollamad_client import (ERROR_CLASSES, BackendError, BadRequest, Busy, ErrorCode, Forbidden,
-                            InternalError, ModelNotFound, OllamadError, RequestTimeout,
+from ollamad_client import (ERROR_CLASSES, BackendError, BadRequest, Busy, Cancelled, ErrorCode,
+                            Forbidden, InternalError, ModelNotFound, OllamadError, RequestTimeout,
                             ShuttingDown, TooLarge, Unavailable, UnknownOp, error_for)
 
 EXPECTED = {
@@ -16,7 +16,8 @@ EXPECTED = {
     ErrorCode.TOO_LARGE: TooLarge, ErrorCode.BUSY: Busy, ErrorCode.TIMEOUT: RequestTimeout,
     ErrorCode.BACKEND_ERROR: BackendError, ErrorCode.MODEL_NOT_FOUND: ModelNotFound,
     ErrorCode.UNAVAILABLE: Unavailable, ErrorCode.SHUTTING_DOWN: ShuttingDown,
-    ErrorCode.FORBIDDEN: Forbidden, ErrorCode.INTERNAL: InternalError,
+    ErrorCode.FORBIDDEN: Forbidden, ErrorCode.CANCELLED: Cancelled,
+    ErrorCode.INTERNAL: InternalError,
 }
 
 
