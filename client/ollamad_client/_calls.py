@@ -32,6 +32,9 @@ SOCKET_ENV = "OLLAMAD_SOCKET"
 REPLY_GRACE = 0.5
 #: Most prompts one ``batch`` op may carry; longer lists are split into several ops.
 MAX_BATCH_PROMPTS = 256
+#: Deadline of a ``cancel`` request. Nobody waits for its answer: it is sent
+#: and its reply dropped; the deadline only bounds the daemon's bookkeeping.
+CANCEL_TIMEOUT = 5.0
 
 
 class GenerationOptions(TypedDict, total=False):
@@ -128,17 +131,14 @@ def no_reply(endpoint: str, outgoing: Outgoing) -> RequestTimeout:
                           f"{outgoing.call.timeout:g} s (+{REPLY_GRACE:g} s grace)")
 
 
-def accept(frame: bytes, request_id: str) -> protocol.Reply | None:
-    """The decoded reply if it answers ``request_id``; ``None`` to drop it.
+def client_closed(endpoint: str) -> Unavailable:
+    return Unavailable(f"this client of ollamad at {endpoint} is closed")
 
-    Replies to other ids (requests this socket no longer waits for) and
-    frames that are not protocol replies are dropped.
-    """
-    try:
-        reply = protocol.decode_reply(frame)
-    except protocol.ProtocolError:
-        return None
-    return reply if reply.id == request_id else None
+
+def encode_cancel(request_id: str) -> bytes:
+    """A ``cancel`` request (with an id of its own) for the open request ``request_id``."""
+    return protocol.encode_request(protocol.Request(new_request_id(), "cancel",
+                                                    {"id": request_id}, CANCEL_TIMEOUT))
 
 
 def chunk_text(reply: protocol.Reply) -> str:
@@ -265,7 +265,7 @@ class ClientBase:
     def _encode(self, call: Call) -> Outgoing:
         """Encode ``call``, refusing what must not be sent (closed client, too large)."""
         if self._closed:
-            raise Unavailable(f"this {type(self).__name__} is closed")
+            raise client_closed(self.endpoint)
         request_id = new_request_id()
         request = protocol.Request(request_id, call.op, call.args, call.timeout, call.stream)
         try:
