@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Unpack
 
 from ._async_channel import LoopChannels
-from ._calls import Call, ClientBase, GenerationOptions, finish, join_batch
+from ._calls import (Call, ClientBase, DaemonLimits, GenerationOptions, finish, join_batch,
+                     join_embeddings, may_split_embed, split_batch, split_embed)
 from ._demux import RequestAbandoned
 from ._stream_base import StreamBase
 from .errors import OllamadError
@@ -64,13 +65,22 @@ class AsyncClient(ClientBase):
     async def batch(self, prompts: Sequence[str], *, timeout: float | None = None,
                     **generation: Unpack[GenerationOptions]) -> list[dict[str, Any] | OllamadError]:
         """See :meth:`Client.batch`."""
-        calls = self._batch_calls(prompts, generation, timeout)
+        call = self._batch_call(prompts, generation, timeout)
+        if not call.args["prompts"]:
+            return []
+        try:
+            calls = split_batch(call, await self._daemon_limits(timeout))
+        except OllamadError as exc:
+            return [exc] * len(call.args["prompts"])
         return join_batch(calls, [await self._settled(call) for call in calls])
 
     async def embed(self, input: str | Sequence[str], *, model: str | None = None,
                     timeout: float | None = None) -> list[list[float]]:
         """See :meth:`Client.embed`."""
-        return await self._run(self._embed_call(input, model, timeout))
+        call = self._embed_call(input, model, timeout)
+        calls = split_embed(call, await self._daemon_limits(timeout)) if may_split_embed(call) \
+            else [call]
+        return join_embeddings([await self._run(call) for call in calls])
 
     async def models(self, *, timeout: float | None = None) -> dict[str, Any]:
         return await self.request("models", timeout=timeout)
@@ -88,6 +98,7 @@ class AsyncClient(ClientBase):
         return await self.request("gpu", timeout=timeout)
 
     async def ping(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """See :meth:`Client.ping`."""
         return await self.request("ping", timeout=timeout)
 
     async def restart(self, reason: str | None = None, *,
@@ -121,6 +132,11 @@ class AsyncClient(ClientBase):
             channel.abandon(outgoing.request_id)
             raise
         return finish(call, reply)
+
+    async def _daemon_limits(self, timeout: float | None) -> DaemonLimits:
+        if self._limits is None:
+            self._limits = DaemonLimits.from_ping(await self.ping(timeout=timeout))
+        return self._limits
 
     async def _settled(self, call: Call) -> Any:
         try:

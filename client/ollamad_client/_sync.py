@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Unpack
 
-from ._calls import Call, ClientBase, GenerationOptions, finish, join_batch
+from ._calls import (Call, ClientBase, DaemonLimits, GenerationOptions, finish, join_batch,
+                     join_embeddings, may_split_embed, split_batch, split_embed)
 from ._channel import ThreadChannels
 from ._demux import RequestAbandoned
 from ._stream_base import StreamBase
@@ -76,17 +77,33 @@ class Client(ClientBase):
         """Generate for every prompt; one item per prompt, in order: the result,
         or the :class:`OllamadError` for that prompt (never raised).
 
-        More than 256 prompts go as several batch ops, one after another (one
-        op already keeps all of the daemon's workers busy); ``timeout`` applies
-        to each op.
+        Prompts beyond the daemon's ``max_batch`` (from its ``ping``, asked
+        once per client; 256 if it does not say) go as several batch ops, one
+        after another (one op already keeps all of the daemon's workers busy);
+        ``timeout`` applies to each op. If even the ``ping`` fails, every
+        prompt gets its error.
         """
-        calls = self._batch_calls(prompts, generation, timeout)
+        call = self._batch_call(prompts, generation, timeout)
+        if not call.args["prompts"]:
+            return []
+        try:
+            calls = split_batch(call, self._daemon_limits(timeout))
+        except OllamadError as exc:
+            return [exc] * len(call.args["prompts"])
         return join_batch(calls, [self._settled(call) for call in calls])
 
     def embed(self, input: str | Sequence[str], *, model: str | None = None,
               timeout: float | None = None) -> list[list[float]]:
-        """One embedding vector per input string."""
-        return self._run(self._embed_call(input, model, timeout))
+        """One embedding vector per input string.
+
+        A list longer than the daemon's ``max_embed_inputs`` (from its
+        ``ping``; no limit if it does not say) goes as several embed ops, one
+        after another; the vectors come back in input order.
+        """
+        call = self._embed_call(input, model, timeout)
+        calls = split_embed(call, self._daemon_limits(timeout)) if may_split_embed(call) \
+            else [call]
+        return join_embeddings([self._run(call) for call in calls])
 
     # -- queries ------------------------------------------------------------
 
@@ -111,7 +128,9 @@ class Client(ClientBase):
         return self.request("gpu", timeout=timeout)
 
     def ping(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``{"protocol", "version", "pid", "max_message_bytes"}``."""
+        """``{"protocol", "version", "pid", "max_message_bytes", "max_batch",
+        "max_embed_inputs", "max_timeout"}``: the daemon's limits (an older
+        daemon may leave some out)."""
         return self.request("ping", timeout=timeout)
 
     def restart(self, reason: str | None = None, *, timeout: float | None = None) -> dict[str, Any]:
@@ -155,6 +174,11 @@ class Client(ClientBase):
             channel.abandon(outgoing.request_id)
             raise
         return finish(call, reply)
+
+    def _daemon_limits(self, timeout: float | None) -> DaemonLimits:
+        if self._limits is None:
+            self._limits = DaemonLimits.from_ping(self.ping(timeout=timeout))
+        return self._limits
 
     def _settled(self, call: Call) -> Any:
         """The call's value, or the OllamadError it failed with."""

@@ -252,6 +252,22 @@ def test_one_client_works_across_event_loops(fake):
     assert run(client.generate("again"))["text"] == "echo: again"
 
 
+def test_batch_splits_by_the_max_batch_the_daemon_reports_asked_once(fake):
+    def handler(request):
+        if request.op == "ping":
+            return [request.ok({"protocol": 1, "max_batch": 3})]
+        return fake.default_handler(request)
+    fake.handler = handler
+
+    async def main():
+        client = AsyncClient(fake.endpoint)
+        return await client.batch(["a", "b", "c", "d"]), await client.batch(["e", "f"])
+    first, second = run(main())
+    assert [r["text"] for r in first + second] == [f"echo: {p}" for p in "abcdef"]
+    assert [len(r.args["prompts"]) for r in fake.wait_for(3, op="batch")] == [3, 1, 2]
+    assert [r.op for r in fake.received].count("ping") == 1
+
+
 def test_a_stream_collected_after_its_loop_closed_is_still_cancelled(fake):
     fake.handler = holding_generations(fake)
 
