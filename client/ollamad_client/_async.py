@@ -1,94 +1,36 @@
 """The asyncio client: :class:`AsyncClient` and its :class:`AsyncStream`.
 
-Each call (and each stream) uses a DEALER socket of its own, closed when the
-call ends. Chosen over one shared socket with a reply-demultiplexer task
-because:
-
-- a timed-out, cancelled or abandoned call takes its socket with it, so late
-  replies and leftover chunks have nowhere to land (Lazy Pirate by
-  construction), and the daemon sees the peer go;
-- there is no background task whose failure would strand every caller, and
-  no socket bound to one event loop: the client works across ``asyncio.run``
-  calls and from several loops;
-- concurrent coroutines need no coordination at all.
-
-The price is a connect per call: about 0.2-0.3 ms over ipc or tcp loopback
-(measured with pyzmq 27), against generations that take 0.1-10 s.
+All calls and streams of a client on one event loop share one socket
+(``_async_channel``), replies told apart by request id. A call or stream
+the client gives up on is cancelled on the daemon with a ``cancel`` op over
+that socket: the task was cancelled, its time-out passed, or the stream was
+closed or garbage-collected before its end.
 """
 
 from __future__ import annotations
 
-import os
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Unpack
 
-import zmq
-import zmq.asyncio
-
-from . import protocol
-from ._calls import (Call, ClientBase, GenerationOptions, Outgoing, accept, chunk_text, finish,
-                     join_batch, no_reply, poll_ms, unreachable, went_away)
-from ._connection import (LIVENESS_CHECK_MS, close_socket, is_connected, open_dealer,
-                          process_context)
+from ._async_channel import LoopChannels
+from ._calls import (Call, ClientBase, DaemonLimits, GenerationOptions, finish, join_batch,
+                     join_embeddings, may_split_embed, split_batch, split_embed)
+from ._demux import RequestAbandoned
+from ._stream_base import StreamBase
 from .errors import OllamadError
-
-_async_context: zmq.asyncio.Context | None = None
-_async_context_base: zmq.Context | None = None
-
-
-def _context() -> zmq.asyncio.Context:
-    """An asyncio view (shadow) of the process context; a new one after fork."""
-    global _async_context, _async_context_base
-    base = process_context()
-    if _async_context is None or _async_context_base is not base:
-        _async_context, _async_context_base = zmq.asyncio.Context(shadow=base), base
-    return _async_context
-
-
-class _AsyncChannel:
-    """A DEALER socket for one call or one stream (see ``Channel``)."""
-
-    def __init__(self, endpoint: str):
-        self.endpoint = endpoint
-        self.socket = open_dealer(_context(), endpoint)
-        self._close = weakref.finalize(self, close_socket, os.getpid(), self.socket)
-
-    def close(self) -> None:
-        self._close()
-
-    async def send(self, outgoing: Outgoing, connect_timeout: float) -> None:
-        """Send the request, or raise ``Unavailable`` if no connection comes up in time."""
-        if not await self.socket.poll(poll_ms(connect_timeout), zmq.POLLOUT):
-            raise unreachable(self.endpoint, connect_timeout)
-        try:
-            await self.socket.send(outgoing.frame, zmq.NOBLOCK)
-        except zmq.Again:  # the connection dropped since the poll
-            raise unreachable(self.endpoint, connect_timeout) from None
-
-    async def receive(self, outgoing: Outgoing) -> protocol.Reply:
-        """The next chunk or final reply for ``outgoing`` (see ``Channel.receive``)."""
-        while True:
-            wait_ms = outgoing.remaining_ms()
-            if wait_ms <= 0:
-                raise no_reply(self.endpoint, outgoing)
-            if await self.socket.poll(min(wait_ms, LIVENESS_CHECK_MS), zmq.POLLIN):
-                reply = accept(await self.socket.recv(zmq.NOBLOCK), outgoing.request_id)
-                if reply is not None:
-                    return reply
-            elif not is_connected(self.socket):
-                raise went_away(self.endpoint)
 
 
 class AsyncClient(ClientBase):
     """The asyncio counterpart of :class:`~ollamad_client.Client`: same
     constructor, same methods, awaited (streams are ``async for``).
 
-    Any number of coroutines may share one client.
+    Any number of coroutines may share one client; on each event loop it
+    uses one socket. Cancelling a task that awaits a call cancels the
+    request on the daemon.
     """
 
     def _init_transport(self) -> None:
-        self._streams: weakref.WeakSet[AsyncStream] = weakref.WeakSet()
+        self._channels = LoopChannels(self.endpoint)
 
     async def request(self, op: str, args: Mapping[str, Any] | None = None, *,
                       timeout: float | None = None) -> dict[str, Any]:
@@ -123,13 +65,22 @@ class AsyncClient(ClientBase):
     async def batch(self, prompts: Sequence[str], *, timeout: float | None = None,
                     **generation: Unpack[GenerationOptions]) -> list[dict[str, Any] | OllamadError]:
         """See :meth:`Client.batch`."""
-        calls = self._batch_calls(prompts, generation, timeout)
+        call = self._batch_call(prompts, generation, timeout)
+        if not call.args["prompts"]:
+            return []
+        try:
+            calls = split_batch(call, await self._daemon_limits(timeout))
+        except OllamadError as exc:
+            return [exc] * len(call.args["prompts"])
         return join_batch(calls, [await self._settled(call) for call in calls])
 
     async def embed(self, input: str | Sequence[str], *, model: str | None = None,
                     timeout: float | None = None) -> list[list[float]]:
         """See :meth:`Client.embed`."""
-        return await self._run(self._embed_call(input, model, timeout))
+        call = self._embed_call(input, model, timeout)
+        calls = split_embed(call, await self._daemon_limits(timeout)) if may_split_embed(call) \
+            else [call]
+        return join_embeddings([await self._run(call) for call in calls])
 
     async def models(self, *, timeout: float | None = None) -> dict[str, Any]:
         return await self.request("models", timeout=timeout)
@@ -147,6 +98,7 @@ class AsyncClient(ClientBase):
         return await self.request("gpu", timeout=timeout)
 
     async def ping(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """See :meth:`Client.ping`."""
         return await self.request("ping", timeout=timeout)
 
     async def restart(self, reason: str | None = None, *,
@@ -155,10 +107,10 @@ class AsyncClient(ClientBase):
         return await self._run(self._restart_call(reason, timeout))
 
     def close(self) -> None:
-        """Refuse further calls and close open streams; calls in flight finish. Idempotent."""
+        """Refuse further calls and cancel open streams; calls in flight finish,
+        then the sockets close. Idempotent; from any thread."""
         self._closed = True
-        for stream in list(self._streams):
-            stream.close()
+        self._channels.close_all()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -170,15 +122,21 @@ class AsyncClient(ClientBase):
 
     async def _run(self, call: Call) -> Any:
         outgoing = self._encode(call)
-        channel = _AsyncChannel(self.endpoint)
+        channel = self._channels.current()
         try:
-            await channel.send(outgoing, self.connect_timeout)
+            await channel.start(outgoing, self.connect_timeout)
             reply = await channel.receive(outgoing)
             while not reply.final:  # chunks only come to streams; skip any
                 reply = await channel.receive(outgoing)
-        finally:
-            channel.close()
+        except BaseException:  # our time-out, or the task was cancelled (no-op if not open)
+            channel.abandon(outgoing.request_id)
+            raise
         return finish(call, reply)
+
+    async def _daemon_limits(self, timeout: float | None) -> DaemonLimits:
+        if self._limits is None:
+            self._limits = DaemonLimits.from_ping(await self.ping(timeout=timeout))
+        return self._limits
 
     async def _settled(self, call: Call) -> Any:
         try:
@@ -187,28 +145,23 @@ class AsyncClient(ClientBase):
             return exc
 
     def _stream(self, call: Call) -> AsyncStream:
-        stream = AsyncStream(self, call)
-        self._streams.add(stream)
-        return stream
+        return AsyncStream(self, call)
 
 
-class AsyncStream:
+class AsyncStream(StreamBase):
     """The asyncio counterpart of :class:`~ollamad_client.Stream`.
 
     ``async for piece in stream``; ``stream.result`` afterwards. Nothing is
-    sent until the first iteration. Its socket closes when the stream ends,
-    on :meth:`aclose`/:meth:`close`, on leaving ``async with``, or when it is
-    garbage collected.
+    sent until the first iteration. Ending it early cancels the request on
+    the daemon: :meth:`aclose`/:meth:`close`, leaving ``async with``, the
+    iterating task being cancelled, or garbage collection of an unfinished
+    stream (``break`` out of ``async for`` leaves it to the collector, so
+    prefer ``async with``). Iterate it on the loop that started it.
     """
 
     def __init__(self, client: AsyncClient, call: Call):
+        super().__init__(call)
         self._client = client
-        self._call = call
-        self._channel: _AsyncChannel | None = None
-        self._outgoing: Outgoing | None = None
-        self._done = False
-        #: The final generation result, once the stream is exhausted.
-        self.result: dict[str, Any] | None = None
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -217,26 +170,22 @@ class AsyncStream:
         if self._done:
             raise StopAsyncIteration
         try:
-            if self._channel is None:
-                self._outgoing = self._client._encode(self._call)
-                self._channel = _AsyncChannel(self._client.endpoint)
-                await self._channel.send(self._outgoing, self._client.connect_timeout)
-            assert self._outgoing is not None
+            if self._outgoing is None:
+                outgoing = self._client._encode(self._call)
+                channel = self._client._channels.current()
+                self._opening(channel, outgoing)
+                await channel.start(outgoing, self._client.connect_timeout, stream=True)
             reply = await self._channel.receive(self._outgoing)
+        except RequestAbandoned:  # closed meanwhile, by another task or AsyncClient.close()
+            self._done = True
+            raise StopAsyncIteration from None
         except BaseException:
             self.close()
             raise
-        if not reply.final:
-            return chunk_text(reply)
-        self.close()
-        self.result = finish(self._call, reply)
-        raise StopAsyncIteration
-
-    def close(self) -> None:
-        """Stop the stream and close its socket; idempotent."""
-        self._done = True
-        if self._channel is not None:
-            self._channel.close()
+        piece = self._piece(reply)
+        if piece is None:
+            raise StopAsyncIteration
+        return piece
 
     async def aclose(self) -> None:
         self.close()

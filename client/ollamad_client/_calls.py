@@ -5,10 +5,13 @@ Nothing here touches a socket. A public method turns its arguments into a
 encodes it into an :class:`Outgoing` frame, sends it and waits in its own way
 (blocking poll or ``await``), and :func:`finish` turns the final reply into
 the method's return value or raises the matching :class:`OllamadError`.
+Work too big for one op (long batches, long embed input lists) is split by
+the limits the daemon reports in ``ping`` (:class:`DaemonLimits`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -30,8 +33,11 @@ SOCKET_ENV = "OLLAMAD_SOCKET"
 #: Seconds the client waits beyond a request's own timeout: the daemon answers
 #: ``timeout`` itself at the deadline, and that answer says more than silence.
 REPLY_GRACE = 0.5
-#: Most prompts one ``batch`` op may carry; longer lists are split into several ops.
-MAX_BATCH_PROMPTS = 256
+#: Most prompts per ``batch`` op when the daemon's ``ping`` does not say (its default).
+DEFAULT_MAX_BATCH = 256
+#: Deadline of a ``cancel`` request. Nobody waits for its answer: it is sent
+#: and its reply dropped; the deadline only bounds the daemon's bookkeeping.
+CANCEL_TIMEOUT = 5.0
 
 
 class GenerationOptions(TypedDict, total=False):
@@ -128,17 +134,14 @@ def no_reply(endpoint: str, outgoing: Outgoing) -> RequestTimeout:
                           f"{outgoing.call.timeout:g} s (+{REPLY_GRACE:g} s grace)")
 
 
-def accept(frame: bytes, request_id: str) -> protocol.Reply | None:
-    """The decoded reply if it answers ``request_id``; ``None`` to drop it.
+def client_closed(endpoint: str) -> Unavailable:
+    return Unavailable(f"this client of ollamad at {endpoint} is closed")
 
-    Replies to other ids (requests this socket no longer waits for) and
-    frames that are not protocol replies are dropped.
-    """
-    try:
-        reply = protocol.decode_reply(frame)
-    except protocol.ProtocolError:
-        return None
-    return reply if reply.id == request_id else None
+
+def encode_cancel(request_id: str) -> bytes:
+    """A ``cancel`` request (with an id of its own) for the open request ``request_id``."""
+    return protocol.encode_request(protocol.Request(new_request_id(), "cancel",
+                                                    {"id": request_id}, CANCEL_TIMEOUT))
 
 
 def chunk_text(reply: protocol.Reply) -> str:
@@ -152,6 +155,58 @@ def finish(call: Call, reply: protocol.Reply) -> Any:
     if reply.error is not None:
         raise from_wire(reply.error, reply.attempts)
     return call.shape(dict(reply.result or {}))
+
+
+@dataclass(frozen=True)
+class DaemonLimits:
+    """The daemon's limits that decide how work is split, from its ``ping``."""
+
+    max_batch: int = DEFAULT_MAX_BATCH
+    #: ``None``: the daemon names no limit, so an input list goes as one op.
+    max_embed_inputs: int | None = None
+
+    @classmethod
+    def from_ping(cls, result: Mapping[str, Any]) -> DaemonLimits:
+        """Read them from a ``ping`` result; what is missing or nonsense keeps its default."""
+        def limit(key: str) -> int | None:
+            value = result.get(key)
+            return value if type(value) is int and value >= 1 else None
+        return cls(limit("max_batch") or DEFAULT_MAX_BATCH, limit("max_embed_inputs"))
+
+
+def _split(call: Call, key: str, size: int | None,
+           shape: Callable[[list[Any]], Callable[[dict[str, Any]], Any]] | None = None,
+           ) -> list[Call]:
+    """``call`` as consecutive calls carrying at most ``size`` items of ``args[key]`` each;
+    ``shape(part)`` gives each part its own result shape (default: the call's)."""
+    items = call.args[key]
+    if size is None or len(items) <= size:
+        return [call]
+    parts = [items[i:i + size] for i in range(0, len(items), size)]
+    return [dataclasses.replace(call, args={**call.args, key: part},
+                                shape=shape(part) if shape else call.shape)
+            for part in parts]
+
+
+def split_batch(call: Call, limits: DaemonLimits) -> list[Call]:
+    """A ``batch`` call as ops of at most ``limits.max_batch`` prompts, in order."""
+    return _split(call, "prompts", limits.max_batch, shape=_batch_shape)
+
+
+def may_split_embed(call: Call) -> bool:
+    """Whether an ``embed`` call has more than one input (worth asking the daemon's limit)."""
+    return not isinstance(call.args["input"], str) and len(call.args["input"]) > 1
+
+
+def split_embed(call: Call, limits: DaemonLimits) -> list[Call]:
+    """An ``embed`` call with an input list as ops of at most
+    ``limits.max_embed_inputs`` inputs, in order."""
+    return _split(call, "input", limits.max_embed_inputs)
+
+
+def join_embeddings(parts: Sequence[list[list[float]]]) -> list[list[float]]:
+    """The vectors of the embed ops, in input order."""
+    return [vector for part in parts for vector in part]
 
 
 def join_batch(calls: Sequence[Call], outcomes: Sequence[list[Any] | OllamadError]) -> list[Any]:
@@ -180,6 +235,10 @@ def _batch_items(result: dict[str, Any], expected: int) -> list[Any]:
             for item in items]
 
 
+def _batch_shape(prompts: Sequence[str]) -> Callable[[dict[str, Any]], list[Any]]:
+    return functools.partial(_batch_items, expected=len(prompts))
+
+
 def _embeddings(result: dict[str, Any]) -> list[list[float]]:
     vectors = result.get("embeddings")
     if not isinstance(vectors, list):
@@ -204,6 +263,10 @@ class ClientBase:
         #: Largest request this client sends (the daemon disconnects bigger senders silently).
         self.max_message_bytes = int(max_message_bytes)
         self._closed = False
+        #: Learnt from the daemon's ``ping`` on first need. No lock: two threads
+        #: may both ask once, and a lock held across a call could be inherited
+        #: locked by a forked child.
+        self._limits: DaemonLimits | None = None
         self._init_transport()
 
     def _init_transport(self) -> None:
@@ -239,16 +302,14 @@ class ClientBase:
             args["model"] = self.model
         return args
 
-    def _batch_calls(self, prompts: Sequence[str], generation: Mapping[str, Any],
-                     timeout: float | None) -> list[Call]:
+    def _batch_call(self, prompts: Sequence[str], generation: Mapping[str, Any],
+                    timeout: float | None) -> Call:
+        """One call for every prompt; :func:`split_batch` cuts it to the daemon's size."""
         if isinstance(prompts, str):
             raise TypeError("batch() takes a list of prompts, not one string")
         prompts = list(prompts)
-        common = self._generation_args(generation)
-        return [self._call("batch", {"prompts": part, **common}, timeout,
-                           shape=functools.partial(_batch_items, expected=len(part)))
-                for part in (prompts[i:i + MAX_BATCH_PROMPTS]
-                             for i in range(0, len(prompts), MAX_BATCH_PROMPTS))]
+        return self._call("batch", {"prompts": prompts, **self._generation_args(generation)},
+                          timeout, shape=_batch_shape(prompts))
 
     def _embed_call(self, input: str | Sequence[str], model: str | None,
                     timeout: float | None) -> Call:
@@ -265,7 +326,7 @@ class ClientBase:
     def _encode(self, call: Call) -> Outgoing:
         """Encode ``call``, refusing what must not be sent (closed client, too large)."""
         if self._closed:
-            raise Unavailable(f"this {type(self).__name__} is closed")
+            raise client_closed(self.endpoint)
         request_id = new_request_id()
         request = protocol.Request(request_id, call.op, call.args, call.timeout, call.stream)
         try:

@@ -204,7 +204,8 @@ class OllamaClient:
             return {**_METRICS_WHEN_DOWN, "error": exc.message, "error_code": exc.code.value}
 
     def shutdown(self) -> None:
-        """Close the sockets; idempotent. Later calls report ``unavailable``."""
+        """Close the sockets (open streams are cancelled, calls in flight finish
+        first); idempotent. Later calls report ``unavailable``."""
         self.client.close()
 
     def __enter__(self) -> OllamaClient:
@@ -224,7 +225,11 @@ class OllamaClient:
 
 class LegacyStream:
     """Iterator of text pieces that never raises for request failures; after
-    exhaustion ``result`` holds the :meth:`OllamaClient.generate` dict."""
+    exhaustion ``result`` holds the :meth:`OllamaClient.generate` dict.
+
+    Like :class:`~ollamad_client.Stream`, which it wraps: closing it before
+    its end, or dropping it unfinished, cancels the generation on the daemon.
+    """
 
     def __init__(self, stream: Stream, model: str | None):
         self._stream = stream
@@ -249,6 +254,7 @@ class LegacyStream:
             raise StopIteration from None
 
     def close(self) -> None:
+        """Stop the stream, cancelling it on the daemon if it is unfinished; idempotent."""
         self._stream.close()
 
 

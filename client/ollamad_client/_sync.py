@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Unpack
 
-from ._calls import Call, ClientBase, GenerationOptions, Outgoing, chunk_text, finish, join_batch
-from ._connection import Channel, ThreadChannels
+from ._calls import (Call, ClientBase, DaemonLimits, GenerationOptions, finish, join_batch,
+                     join_embeddings, may_split_embed, split_batch, split_embed)
+from ._channel import ThreadChannels
+from ._demux import RequestAbandoned
+from ._stream_base import StreamBase
 from .errors import OllamadError
 
 
@@ -20,10 +23,14 @@ class Client(ClientBase):
     ``timeout`` each request's default deadline in seconds; ``connect_timeout``
     how long a call waits for a connection before raising ``Unavailable``.
 
-    Share one client between threads freely: each thread gets its own socket.
-    After a time-out (or any interruption) that thread's socket is replaced,
-    so a late reply can never be taken for a newer request. Safe after
-    ``fork()``: the child makes its own sockets.
+    Share one client between threads freely: each thread gets one socket,
+    which all its calls and streams share (replies are told apart by request
+    id, unique per request, so a late reply can never be taken for a newer
+    request). A call the client gives up on (its time-out passed without even
+    the daemon's own ``timeout`` answer, or the wait was interrupted, for
+    example by ``KeyboardInterrupt``) is cancelled: the client sends the
+    daemon a ``cancel`` for it on the same socket, and the daemon stops its
+    work on Ollama. Safe after ``fork()``: the child makes its own sockets.
     """
 
     def _init_transport(self) -> None:
@@ -70,17 +77,33 @@ class Client(ClientBase):
         """Generate for every prompt; one item per prompt, in order: the result,
         or the :class:`OllamadError` for that prompt (never raised).
 
-        More than 256 prompts go as several batch ops, one after another (one
-        op already keeps all of the daemon's workers busy); ``timeout`` applies
-        to each op.
+        Prompts beyond the daemon's ``max_batch`` (from its ``ping``, asked
+        once per client; 256 if it does not say) go as several batch ops, one
+        after another (one op already keeps all of the daemon's workers busy);
+        ``timeout`` applies to each op. If even the ``ping`` fails, every
+        prompt gets its error.
         """
-        calls = self._batch_calls(prompts, generation, timeout)
+        call = self._batch_call(prompts, generation, timeout)
+        if not call.args["prompts"]:
+            return []
+        try:
+            calls = split_batch(call, self._daemon_limits(timeout))
+        except OllamadError as exc:
+            return [exc] * len(call.args["prompts"])
         return join_batch(calls, [self._settled(call) for call in calls])
 
     def embed(self, input: str | Sequence[str], *, model: str | None = None,
               timeout: float | None = None) -> list[list[float]]:
-        """One embedding vector per input string."""
-        return self._run(self._embed_call(input, model, timeout))
+        """One embedding vector per input string.
+
+        A list longer than the daemon's ``max_embed_inputs`` (from its
+        ``ping``; no limit if it does not say) goes as several embed ops, one
+        after another; the vectors come back in input order.
+        """
+        call = self._embed_call(input, model, timeout)
+        calls = split_embed(call, self._daemon_limits(timeout)) if may_split_embed(call) \
+            else [call]
+        return join_embeddings([self._run(call) for call in calls])
 
     # -- queries ------------------------------------------------------------
 
@@ -105,7 +128,9 @@ class Client(ClientBase):
         return self.request("gpu", timeout=timeout)
 
     def ping(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``{"protocol", "version", "pid", "max_message_bytes"}``."""
+        """``{"protocol", "version", "pid", "max_message_bytes", "max_batch",
+        "max_embed_inputs", "max_timeout"}``: the daemon's limits (an older
+        daemon may leave some out)."""
         return self.request("ping", timeout=timeout)
 
     def restart(self, reason: str | None = None, *, timeout: float | None = None) -> dict[str, Any]:
@@ -117,8 +142,11 @@ class Client(ClientBase):
     def close(self) -> None:
         """Close every socket of this client; later calls raise ``Unavailable``.
 
-        Idempotent, and safe while other threads are mid-call: each of their
-        sockets is closed when its call ends.
+        Idempotent, and safe from any thread while others are mid-call: a
+        call whose request was sent gets its final reply, and each socket
+        closes when the last call on it has ended; a call that had not sent
+        its request yet fails with "closed". Open streams are cancelled (the
+        daemon is told) and end, in whichever thread iterates them.
         """
         self._closed = True
         self._channels.close_all()
@@ -134,17 +162,23 @@ class Client(ClientBase):
     def _run(self, call: Call) -> Any:
         outgoing = self._encode(call)
         channel = self._channels.current()
-        channel.send(outgoing, self.connect_timeout)  # if this fails, nothing is outstanding
         try:
+            channel.start(outgoing, self.connect_timeout)
             reply = channel.receive(outgoing)
             while not reply.final:  # chunks only come to streams; skip any
                 reply = channel.receive(outgoing)
         except BaseException:
-            # Lazy Pirate: the request is still outstanding on this socket, so
-            # the socket must never carry a newer one.
-            self._channels.discard_current()
+            # Our time-out, or an interruption (KeyboardInterrupt ...): the
+            # daemon would go on generating for nobody. (A no-op if the
+            # request is not open: a failed start, or a final reply.)
+            channel.abandon(outgoing.request_id)
             raise
         return finish(call, reply)
+
+    def _daemon_limits(self, timeout: float | None) -> DaemonLimits:
+        if self._limits is None:
+            self._limits = DaemonLimits.from_ping(self.ping(timeout=timeout))
+        return self._limits
 
     def _settled(self, call: Call) -> Any:
         """The call's value, or the OllamadError it failed with."""
@@ -154,27 +188,26 @@ class Client(ClientBase):
             return exc
 
 
-class Stream:
+class Stream(StreamBase):
     """The text pieces of a streamed generation, as they arrive.
 
     Iterate it; after the last piece ``result`` holds the daemon's final
     generation result (or iteration raises the request's ``OllamadError``).
     Nothing is sent until the first ``next()``.
 
-    A stream has a socket of its own, closed when the stream ends, on
-    :meth:`close`, on leaving a ``with`` block, or when the stream is garbage
-    collected: abandoning a stream cancels it (the daemon sees its peer go),
-    and its leftover chunks have nowhere to land.
+    A stream uses the socket of the thread that starts it (shared with that
+    thread's other calls and streams). Ending it early cancels the request
+    on the daemon, which stops generating: :meth:`close`, leaving a ``with``
+    block, an error or interruption while waiting, or garbage collection of
+    an unfinished stream; its leftover chunks are dropped. Any thread may
+    iterate it (one at a time): the socket's threads take turns, so it stays
+    correct, though a piece may then come one poll slice (0.1 s) later while
+    the starting thread is busy on the same socket.
     """
 
     def __init__(self, client: Client, call: Call):
+        super().__init__(call)
         self._client = client
-        self._call = call
-        self._channel: Channel | None = None
-        self._outgoing: Outgoing | None = None
-        self._done = False
-        #: The final generation result, once the stream is exhausted.
-        self.result: dict[str, Any] | None = None
 
     def __iter__(self) -> Stream:
         return self
@@ -183,29 +216,22 @@ class Stream:
         if self._done:
             raise StopIteration
         try:
-            if self._channel is None:
-                self._start()
-            assert self._channel is not None and self._outgoing is not None
+            if self._outgoing is None:
+                outgoing = self._client._encode(self._call)
+                channel = self._client._channels.current()
+                self._opening(channel, outgoing)
+                channel.start(outgoing, self._client.connect_timeout, stream=True)
             reply = self._channel.receive(self._outgoing)
+        except RequestAbandoned:  # closed meanwhile, from another thread or by Client.close()
+            self._done = True
+            raise StopIteration from None
         except BaseException:
             self.close()
             raise
-        if not reply.final:
-            return chunk_text(reply)
-        self.close()
-        self.result = finish(self._call, reply)
-        raise StopIteration
-
-    def _start(self) -> None:
-        self._outgoing = self._client._encode(self._call)
-        self._channel = self._client._channels.new()
-        self._channel.send(self._outgoing, self._client.connect_timeout)
-
-    def close(self) -> None:
-        """Stop the stream and close its socket; idempotent."""
-        self._done = True
-        if self._channel is not None:
-            self._channel.close()
+        piece = self._piece(reply)
+        if piece is None:
+            raise StopIteration
+        return piece
 
     def __enter__(self) -> Stream:
         return self

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -78,8 +78,17 @@ class Received:
 
 
 def default_handler(request: Received) -> list[bytes]:
-    """Answer every op plausibly: generations echo their prompt."""
+    """Answer every op plausibly: generations echo their prompt.
+
+    A ``cancel`` is answered as the daemon does for a request still open: the
+    cancelled request's final ``cancelled`` reply, then ``{"cancelled": true}``
+    (the client waits for neither: it must drop both).
+    """
     args = request.args
+    if request.op == "cancel":
+        cancelled = protocol.encode_error(args["id"], protocol.Error.of(
+            protocol.ErrorCode.CANCELLED, "cancelled by the client"))
+        return [cancelled, request.ok({"cancelled": True})]
     if request.op == "generate":
         text = f"echo: {args['prompt']}"
     elif request.op == "chat":
@@ -142,12 +151,21 @@ class FakeDaemon:
         """Send ``frame`` to a request's peer (or a raw identity), from any thread."""
         self._outbox.put((to.identity if isinstance(to, Received) else to, frame))
 
-    def wait_for(self, count: int, timeout: float = 5.0) -> list[Received]:
-        """The first ``count`` requests, once they have arrived."""
+    def wait_for(self, count: int, timeout: float = 5.0, *, op: str | None = None,
+                 exclude: tuple[str, ...] = ()) -> list[Received]:
+        """The first ``count`` requests (of ``op`` only, or not of the ops in
+        ``exclude``), once they have arrived."""
+        def matching() -> list[Received]:
+            return [r for r in self.received
+                    if (op is None or r.op == op) and r.op not in exclude]
         with self._changed:
-            assert self._changed.wait_for(lambda: len(self.received) >= count, timeout), \
-                f"fake daemon got {len(self.received)} requests, expected {count}"
-            return list(self.received[:count])
+            assert self._changed.wait_for(lambda: len(matching()) >= count, timeout), \
+                f"fake daemon got {len(matching())} requests, expected {count}"
+            return matching()[:count]
+
+    def cancels(self, count: int, timeout: float = 5.0) -> list[Received]:
+        """The first ``count`` ``cancel`` requests, once they have arrived."""
+        return self.wait_for(count, timeout, op="cancel")
 
     def wait_for_disconnects(self, count: int, timeout: float = 5.0) -> None:
         with self._changed:

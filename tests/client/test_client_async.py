@@ -59,7 +59,7 @@ def test_streams_are_async_iterators_with_a_result(fake):
 
 def test_batch_splits_and_keeps_order(fake):
     def handler(request):
-        if request.args["prompts"][0] == "p256":
+        if request.op == "batch" and request.args["prompts"][0] == "p256":
             return [request.error("shutting_down", "bye")]
         return fake.default_handler(request)
     fake.handler = handler
@@ -77,7 +77,7 @@ def test_each_error_code_raises_its_class(fake, code):
     assert type(caught.value) is type(error_for(code, "")) and caught.value.message == "nope"
 
 
-def test_many_concurrent_coroutines_each_get_their_own_answer(fake):
+def test_many_concurrent_coroutines_each_get_their_own_answer_over_one_socket(fake):
     async def main():
         client = AsyncClient(fake.endpoint)
         prompts = [f"coroutine {i}" for i in range(64)]
@@ -85,6 +85,21 @@ def test_many_concurrent_coroutines_each_get_their_own_answer(fake):
         return prompts, results
     prompts, results = run(main())
     assert [r["text"] for r in results] == [f"echo: {p}" for p in prompts]
+    assert len({r.identity for r in fake.wait_for(64)}) == 1
+
+
+def test_concurrent_streams_share_one_socket_and_get_their_own_pieces(fake):
+    async def drain(stream):
+        return [piece async for piece in stream], stream.result["text"]
+
+    async def main():
+        client = AsyncClient(fake.endpoint)
+        return await asyncio.gather(*(drain(client.stream(f"s{i} x y")) for i in range(16)),
+                                    client.generate("a call too"))
+    *streamed, called = run(main())
+    assert streamed == [(["echo: ", f"s{i} ", "x ", "y "], f"echo: s{i} x y") for i in range(16)]
+    assert called["text"] == "echo: a call too"
+    assert len({r.identity for r in fake.wait_for(17)}) == 1
 
 
 def test_a_daemon_that_is_down_is_unavailable_within_the_connect_timeout(down_endpoint):
@@ -103,12 +118,14 @@ def test_a_daemon_that_vanishes_mid_request_is_unavailable_at_once(fake):
     assert time.monotonic() - started < 5.0
 
 
-def test_a_time_out_drops_the_late_reply(fake):
+def test_a_time_out_cancels_the_request_and_drops_the_late_reply(fake):
     held = []
 
     def handler(request):
         if request.args.get("prompt") == "slow":
             held.append(request)
+            return []
+        if request.op == "cancel":
             return []
         return [held[0].ok({"text": "LATE"}), *fake.default_handler(request)]
     fake.handler = handler
@@ -123,25 +140,66 @@ def test_a_time_out_drops_the_late_reply(fake):
         return elapsed, await client.generate("next")
     elapsed, result = run(main())
     assert 0.2 <= elapsed < 2.0 and result["text"] == "echo: next"
-    slow, following = fake.wait_for(2)
-    assert slow.identity != following.identity
+    slow, following = fake.wait_for(2, exclude=("cancel",))
+    (cancel,) = fake.cancels(1)
+    assert cancel.args == {"id": slow.id} and cancel.identity == slow.identity
+    assert slow.identity == following.identity  # one socket per loop: ids tell replies apart
 
 
-def test_a_cancelled_call_closes_its_socket(fake):
-    fake.handler = lambda request: []  # never answers
+def holding_generations(fake):
+    """Generations get at most one chunk and are then held; other ops are answered."""
+    def handler(request):
+        if request.op == "generate":
+            return [request.chunk("first ")] if request.message["stream"] else []
+        return fake.default_handler(request)
+    return handler
+
+
+def assert_cancelled(fake, request):
+    (cancel,) = fake.cancels(1)
+    assert cancel.args == {"id": request.id} and cancel.identity == request.identity
+
+
+@pytest.mark.parametrize("reading", [True, False], ids=["the reader", "a waiter"])
+def test_a_cancelled_task_cancels_its_request(fake, reading):
+    fake.handler = holding_generations(fake)
 
     async def main():
         client = AsyncClient(fake.endpoint)
-        call = asyncio.ensure_future(client.generate("wait forever"))
-        await asyncio.get_running_loop().run_in_executor(None, fake.wait_for, 1)
-        call.cancel()
+        held = [asyncio.ensure_future(client.generate(f"wait {i}")) for i in range(2)]
+        await asyncio.get_running_loop().run_in_executor(None, fake.wait_for, 2)
+        victim = held[0] if reading else held[1]  # the first to wait reads for both
+        victim.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await call
-    run(main())
-    fake.wait_for_disconnects(1)
+            await victim
+        assert_cancelled(fake, fake.wait_for(2, op="generate")[0 if reading else 1])
+        # The survivor still hears its answer, whoever reads the socket now.
+        survivor = held[1] if reading else held[0]
+        request = fake.wait_for(2, op="generate")[1 if reading else 0]
+        fake.send(request, request.ok({"text": "made it"}))
+        return await survivor
+    assert run(main()) == {"text": "made it"}
 
 
-def test_an_abandoned_stream_closes_and_leaks_nothing(fake):
+@pytest.mark.parametrize("how", ["aclose", "async with"])
+def test_a_stream_closed_early_is_cancelled(fake, how):
+    fake.handler = holding_generations(fake)
+
+    async def main():
+        client = AsyncClient(fake.endpoint)
+        if how == "aclose":
+            stream = client.stream("go")
+            assert await stream.__anext__() == "first "
+            await stream.aclose()
+        else:
+            async with client.stream("go") as stream:
+                assert await stream.__anext__() == "first "
+        return [piece async for piece in stream]
+    assert run(main()) == []
+    assert_cancelled(fake, fake.wait_for(1, op="generate")[0])
+
+
+def test_an_abandoned_stream_is_cancelled_and_leaks_nothing(fake):
     streams = []
 
     def handler(request):
@@ -159,7 +217,7 @@ def test_an_abandoned_stream_closes_and_leaks_nothing(fake):
         gc.collect()
         return await client.generate("after")
     assert run(main())["text"] == "echo: after"
-    fake.wait_for_disconnects(1)
+    assert_cancelled(fake, streams[0])
 
 
 def test_closing_the_client_closes_open_streams_and_refuses_calls(fake):
@@ -174,6 +232,7 @@ def test_closing_the_client_closes_open_streams_and_refuses_calls(fake):
         with pytest.raises(Unavailable, match="closed"):
             await client.ping()
     run(main())
+    assert_cancelled(fake, fake.wait_for(1)[0])
     fake.wait_for_disconnects(1)
 
 
@@ -191,3 +250,35 @@ def test_one_client_works_across_event_loops(fake):
     client = AsyncClient(fake.endpoint)
     assert run(client.ping())["op"] == "ping"
     assert run(client.generate("again"))["text"] == "echo: again"
+
+
+def test_batch_splits_by_the_max_batch_the_daemon_reports_asked_once(fake):
+    def handler(request):
+        if request.op == "ping":
+            return [request.ok({"protocol": 1, "max_batch": 3})]
+        return fake.default_handler(request)
+    fake.handler = handler
+
+    async def main():
+        client = AsyncClient(fake.endpoint)
+        return await client.batch(["a", "b", "c", "d"]), await client.batch(["e", "f"])
+    first, second = run(main())
+    assert [r["text"] for r in first + second] == [f"echo: {p}" for p in "abcdef"]
+    assert [len(r.args["prompts"]) for r in fake.wait_for(3, op="batch")] == [3, 1, 2]
+    assert [r.op for r in fake.received].count("ping") == 1
+
+
+def test_a_stream_collected_after_its_loop_closed_is_still_cancelled(fake):
+    fake.handler = holding_generations(fake)
+
+    async def main():
+        client = AsyncClient(fake.endpoint)
+        stream = client.stream("go")
+        assert await stream.__anext__() == "first "
+        return client, stream
+    client, stream = run(main())
+    del stream
+    gc.collect()
+    assert_cancelled(fake, fake.wait_for(1, op="generate")[0])
+    client.close()
+    fake.wait_for_disconnects(1)

@@ -84,6 +84,8 @@ def test_nothing_is_sent_until_a_stream_is_iterated(client, fake):
 
 def test_batch_returns_results_and_errors_in_prompt_order(client, fake):
     def handler(request):
+        if request.op != "batch":
+            return fake.default_handler(request)
         items = [{"ok": True, "result": fake.generation_result(p)} if i % 2 == 0 else
                  {"ok": False, "error": {"code": "backend_error", "message": f"bad {p}",
                                          "retryable": True, "attempts": 3}}
@@ -91,24 +93,25 @@ def test_batch_returns_results_and_errors_in_prompt_order(client, fake):
         return [request.ok({"results": items})]
     fake.handler = handler
     results = client.batch(["a", "b", "c"], temperature=0.0)
-    (request,) = fake.wait_for(1)
+    (request,) = fake.wait_for(1, op="batch")
     assert request.args == {"prompts": ["a", "b", "c"], "temperature": 0.0}
     assert results[0]["text"] == "a" and results[2]["text"] == "c"
     assert isinstance(results[1], OllamadError) and results[1].code is ErrorCode.BACKEND_ERROR
     assert results[1].message == "bad b" and results[1].attempts == 3
 
 
-def test_a_long_batch_is_split_into_ops_of_256(client, fake):
+def test_a_long_batch_is_split_into_ops_of_256_when_the_daemon_names_no_limit(client, fake):
     prompts = [f"p{i}" for i in range(600)]
     results = client.batch(prompts)
-    sizes = [len(r.args["prompts"]) for r in fake.wait_for(3)]
+    assert [r.op for r in fake.wait_for(4)] == ["ping", "batch", "batch", "batch"]
+    sizes = [len(r.args["prompts"]) for r in fake.wait_for(3, op="batch")]
     assert sizes == [256, 256, 88]
     assert [r["text"] for r in results] == [f"echo: {p}" for p in prompts]
 
 
 def test_a_batch_op_that_fails_whole_fails_only_its_own_prompts(client, fake):
     def handler(request):
-        if request.args["prompts"][0] == "p256":
+        if request.op == "batch" and request.args["prompts"][0] == "p256":
             return [request.error("busy", "queue full")]
         return fake.default_handler(request)
     fake.handler = handler
@@ -118,7 +121,7 @@ def test_a_batch_op_that_fails_whole_fails_only_its_own_prompts(client, fake):
 
 
 def test_a_batch_answer_of_the_wrong_length_is_an_internal_error(client, fake):
-    fake.handler = lambda request: [request.ok({"results": []})]
+    fake.handler = lambda request: [request.ok({"results": []} if request.op == "batch" else {})]
     results = client.batch(["a", "b"])
     assert [r.code for r in results] == [ErrorCode.INTERNAL] * 2
 
@@ -132,7 +135,7 @@ def test_an_empty_batch_sends_nothing(client, fake):
 def test_embed_returns_one_vector_per_input(client, fake):
     assert client.embed(["one", "three"], model="nomic-embed-text") == [[3.0, 0.5], [5.0, 0.5]]
     assert client.embed("four") == [[4.0, 0.5]]
-    first, second = fake.wait_for(2)
+    first, second = fake.wait_for(2, op="embed")
     assert first.args == {"input": ["one", "three"], "model": "nomic-embed-text"}
     assert second.args == {"input": "four"}
 
@@ -212,3 +215,47 @@ def test_the_endpoint_defaults_to_the_environment_then_the_standard_path(monkeyp
 def test_a_malformed_endpoint_is_a_clear_error():
     with Client("nonsense://here") as client, pytest.raises(ValueError, match="nonsense"):
         client.ping()
+
+
+def daemon_with_limits(fake, **limits):
+    """A handler whose ``ping`` reports the daemon's limits (as a current daemon does)."""
+    def handler(request):
+        if request.op == "ping":
+            return [request.ok({"protocol": 1, "version": "test", "pid": 1,
+                                "max_message_bytes": 4194304, "max_timeout": 3600.0, **limits})]
+        return fake.default_handler(request)
+    return handler
+
+
+def test_batch_splits_by_the_max_batch_the_daemon_reports_asked_once(client, fake):
+    fake.handler = daemon_with_limits(fake, max_batch=100, max_embed_inputs=10)
+    prompts = [f"p{i}" for i in range(250)]
+    assert [r["text"] for r in client.batch(prompts)] == [f"echo: {p}" for p in prompts]
+    assert [r["text"] for r in client.batch(prompts[:150])] == [f"echo: p{i}" for i in range(150)]
+    sizes = [len(r.args["prompts"]) for r in fake.wait_for(5, op="batch")]
+    assert sizes == [100, 100, 50, 100, 50]
+    assert [r.op for r in fake.received].count("ping") == 1  # cached per client
+
+
+def test_embed_splits_by_the_max_embed_inputs_the_daemon_reports(client, fake):
+    fake.handler = daemon_with_limits(fake, max_batch=256, max_embed_inputs=2)
+    inputs = ["a", "bb", "ccc", "dddd", "eeeee"]
+    assert client.embed(inputs) == [[float(len(s)), 0.5] for s in inputs]
+    assert [r.args["input"] for r in fake.wait_for(3, op="embed")] == [
+        ["a", "bb"], ["ccc", "dddd"], ["eeeee"]]
+
+
+def test_embed_of_one_input_needs_no_ping(client, fake):
+    client.embed("one")
+    client.embed(["one"])
+    assert [r.op for r in fake.wait_for(2)] == ["embed", "embed"]
+
+
+def test_a_batch_whose_ping_fails_gives_every_prompt_that_error_and_asks_again(client, fake):
+    fake.handler = lambda request: [request.error("shutting_down", "bye")]
+    results = client.batch(["a", "b"])
+    assert [r.code for r in results] == [ErrorCode.SHUTTING_DOWN] * 2
+    assert [r.op for r in fake.received] == ["ping"]  # no batch op was sent
+    fake.handler = daemon_with_limits(fake, max_batch=1)
+    assert [r["text"] for r in client.batch(["a", "b"])] == ["echo: a", "echo: b"]
+    assert [r.op for r in fake.wait_for(4)] == ["ping", "ping", "batch", "batch"]

@@ -8,8 +8,7 @@ import pytest
 
 import ollamad_client
 from ollamad_client import (ERROR_CLASSES, BackendError, BadRequest, Busy, Cancelled, ErrorCode,
-                            Forbidden,
-                            InternalError, ModelNotFound, OllamadError, RequestTimeout,
+                            Forbidden, InternalError, ModelNotFound, OllamadError, RequestTimeout,
                             ShuttingDown, TooLarge, Unavailable, UnknownOp, error_for)
 
 EXPECTED = {

@@ -95,6 +95,8 @@ def test_generate_with_the_daemon_down_fails_fast_without_raising(down_endpoint)
 
 def test_generate_batch_keeps_prompt_order_with_failures(legacy, fake):
     def handler(request):
+        if request.op != "batch":
+            return fake.default_handler(request)
         items = [{"ok": True, "result": fake.generation_result(f"echo: {p}")} if p != "bad" else
                  {"ok": False, "error": {"code": "backend_error", "message": "runner died",
                                          "retryable": True, "attempts": 3}}
@@ -102,7 +104,7 @@ def test_generate_batch_keeps_prompt_order_with_failures(legacy, fake):
         return [request.ok({"results": items})]
     fake.handler = handler
     results = legacy.generate_batch(["a", "bad", "c"], temperature=0.0, max_tokens=9)
-    assert fake.wait_for(1)[0].args == {"prompts": ["a", "bad", "c"], "temperature": 0.0,
+    assert fake.wait_for(1, op="batch")[0].args == {"prompts": ["a", "bad", "c"], "temperature": 0.0,
                                         "max_tokens": 9}
     assert [r["text"] for r in results] == ["echo: a", "", "echo: c"]
     assert [r["success"] for r in results] == [True, False, True]

@@ -49,28 +49,29 @@ def test_the_client_waits_past_the_timeout_for_the_daemons_own_answer(client, fa
         client.generate("slow", timeout=0.2)
 
 
-def test_a_time_out_replaces_the_socket_and_the_late_reply_is_not_taken(client, fake):
+def test_a_time_out_cancels_the_request_and_its_late_reply_is_not_taken(client, fake):
     held = []
 
     def handler(request):
         if request.args.get("prompt") == "slow":
             held.append(request)
             return []
-        # The late answer to the timed-out request reaches both its own peer
-        # and (as a confused daemon might) the new one, before the real answer.
-        late = held[0].ok(fake.generation_result("LATE"))
-        return [late] if request.identity == held[0].identity else [
-            late, *fake.default_handler(request)]
+        if request.op == "cancel":
+            return []  # the late reply below stands for the daemon's answers
+        # The late answer to the timed-out request arrives on the same socket
+        # just before the next request's own answer.
+        return [held[0].ok(fake.generation_result("LATE")), *fake.default_handler(request)]
     fake.handler = handler
     started = time.monotonic()
     with pytest.raises(RequestTimeout) as caught:
         client.generate("slow", timeout=0.3)
     elapsed = time.monotonic() - started
     assert caught.value.retryable and 0.3 <= elapsed < 2.0
-    fake.send(held[0], held[0].ok(fake.generation_result("LATE")))
+    (cancel,) = fake.cancels(1)
+    assert cancel.args == {"id": held[0].id} and cancel.identity == held[0].identity
     assert client.generate("next")["text"] == "echo: next"
-    slow, following = fake.wait_for(2)
-    assert slow.identity != following.identity  # Lazy Pirate: a new socket
+    slow, following = fake.wait_for(2, exclude=("cancel",))
+    assert slow.identity == following.identity  # the socket is kept: ids tell replies apart
 
 
 def test_replies_to_other_ids_and_garbage_are_dropped(client, fake):
@@ -131,13 +132,15 @@ def test_an_abandoned_stream_leaks_nothing_into_later_requests(client, fake):
     assert client.generate("after again")["text"] == "echo: after again"
 
 
-def test_a_garbage_collected_stream_closes_its_socket(client, fake):
-    fake.handler = lambda request: [request.chunk("one ")]  # then nothing: still generating
+def test_a_garbage_collected_stream_is_cancelled(client, fake):
+    fake.handler = lambda request: [request.chunk("one ")] if request.op == "generate" else []
     stream = client.stream("forever")
     assert next(stream) == "one "
     del stream
     gc.collect()
-    fake.wait_for_disconnects(1)  # the daemon sees the peer go, and can stop generating
+    (request,) = fake.wait_for(1, op="generate")
+    (cancel,) = fake.cancels(1)  # the daemon is told, and can stop generating
+    assert cancel.args == {"id": request.id} and cancel.identity == request.identity
 
 
 def test_a_stream_that_fails_midway_raises_its_error(client, fake):
@@ -228,3 +231,56 @@ def test_closing_the_client_while_another_thread_waits_lets_that_call_finish(fak
     fake.wait_for_disconnects(1)  # and then that thread closed its socket
     with pytest.raises(Unavailable, match="closed"):
         client.ping()
+
+
+def test_close_from_another_thread_lets_every_sent_call_finish_and_closes_every_socket(fake):
+    """Issue 9: close() lands anywhere in the callers' send/receive cycles.
+
+    A call that reached the daemon must get its answer; a call that did not
+    must fail with a plain "closed" error; and every socket must be closed
+    once its thread's call is over (while the threads still live, so garbage
+    collection cannot hide a lost "close when done").
+    """
+    rounds, threads_per_round = 40, 8
+    identities: set[bytes] = set()
+    for round_number in range(rounds):
+        client = Client(fake.endpoint, timeout=5.0, connect_timeout=2.0)
+        answered = [0] * threads_per_round
+        failures: list[BaseException] = []
+        release = threading.Event()
+
+        def call_until_closed(index: int) -> None:
+            try:
+                while True:
+                    client.request("ping", {"round": round_number})
+                    answered[index] += 1
+            except BaseException as exc:  # noqa: BLE001 - every outcome is checked below
+                failures.append(exc)
+            release.wait(10)  # keep the thread (and its socket) alive until checked
+
+        threads = [threading.Thread(target=call_until_closed, args=(i,))
+                   for i in range(threads_per_round)]
+        for thread in threads:
+            thread.start()
+        fake.wait_for(len(fake.received) + 2 * threads_per_round)  # everyone is mid-cycle
+        client.close()
+        try:
+            for thread in threads:
+                deadline = time.monotonic() + 10
+                while thread.is_alive() and len(failures) < threads_per_round \
+                        and time.monotonic() < deadline:
+                    thread.join(0.01)
+            assert len(failures) == threads_per_round, "a caller hung after close()"
+            sent = [r for r in fake.received
+                    if r.op == "ping" and r.args.get("round") == round_number]
+            assert sum(answered) == len(sent), (
+                f"round {round_number}: {len(sent)} calls reached the daemon but only "
+                f"{sum(answered)} got their answer: {failures!r}")
+            assert all(isinstance(exc, Unavailable) and "is closed" in exc.message
+                       for exc in failures), failures
+            identities |= {r.identity for r in sent}
+            fake.wait_for_disconnects(len(identities))
+        finally:
+            release.set()
+            for thread in threads:
+                thread.join(10)
