@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -205,6 +206,22 @@ def encode_chunk(request_id: str, chunk: Mapping[str, Any]) -> bytes:
     return _dumps({"v": VERSION, "id": request_id, "chunk": chunk})
 
 
+#: An "id" member near the start of a frame that is not parseable JSON.
+_ID_NEAR_START = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.){1,768}")')
+
+
+def _scrape_id(frame: bytes | str) -> str | None:
+    """Best effort: the id of a frame that is too broken (or deep) to parse."""
+    head = frame[:4096] if isinstance(frame, bytes) else frame[:4096].encode("utf-8", "replace")
+    found = _ID_NEAR_START.search(head)
+    if found is None:
+        return None
+    try:
+        return _recover_id({"id": json.loads(found.group(1))})
+    except ValueError:
+        return None
+
+
 def _recover_id(obj: Any) -> str | None:
     if isinstance(obj, dict):
         rid = obj.get("id")
@@ -218,7 +235,8 @@ def decode_request(frame: bytes) -> Request:
     try:
         obj, problem = _parse(frame)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"request is not JSON: {exc}") from None
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"request is not JSON: {exc}",
+                            _scrape_id(frame)) from None
     rid = _recover_id(obj)
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "request must be a JSON object")

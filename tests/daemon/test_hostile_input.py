@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 import zmq
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from ollamad_client import protocol
 
@@ -57,32 +58,84 @@ def test_random_frames(daemon):
     still_serves(daemon)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
-@given(request=REQUEST_SHAPES)
-def _wrong_shapes(daemon, request):
-    # Requests that reach Ollama are steered at a model it lacks, so each
-    # example stays cheap; the daemon must answer every one that has an id.
-    if isinstance(request.get("args"), dict) and request["op"] in ("generate", "chat", "batch", "embed"):
-        request["args"]["model"] = "absent"
+SURROGATE_TEXT = st.text(alphabet=st.characters(codec=None, min_codepoint=0xD7F0,
+                                                max_codepoint=0xE010), max_size=6)
+MESSAGES = st.one_of(
+    REQUEST_SHAPES.map(lambda r: ("shape", r)),
+    st.tuples(st.just("deep"), st.integers(min_value=1, max_value=3000),
+              st.sampled_from(["[", "{\"a\":"])),
+    st.tuples(st.just("surrogate"), SURROGATE_TEXT),
+    st.tuples(st.just("frames"), st.lists(st.binary(max_size=64), min_size=1, max_size=3)),
+)
+#: Examples of up to 130 messages each: with 150 examples, more than 10,000 messages.
+MESSAGES_PER_EXAMPLE = 130
+
+
+def _encode(index: int, message) -> tuple[list[bytes], str | None]:
+    """The frames to send, and the id whose one final reply must come back (None: no id)."""
+    kind = message[0]
+    if kind == "shape":
+        request = dict(message[1])
+        if isinstance(request.get("args"), dict) and request["op"] in (
+                "generate", "chat", "batch", "embed"):
+            request["args"]["model"] = "absent"   # each reaches Ollama cheaply
+        if isinstance(request["id"], str):
+            request["id"] = f"{index}-{request['id']}"[:128]
+        rid = request["id"] if isinstance(request["id"], str) else None
+        return [json.dumps(request).encode()], rid
+    if kind == "deep":
+        depth, opener = message[1], message[2]
+        closer = "]" if opener == "[" else "}"
+        nested = opener * depth + "1" + closer * depth
+        return [f'{{"v": 1, "id": "deep-{index}", "op": "ping", "args": {{"x": {nested}}}}}'
+                .encode()], f"deep-{index}"
+    if kind == "surrogate":
+        rid = f"s{index}-{message[1]}"
+        # The JSON round trip joins a high and a low surrogate into one
+        # character: the id the daemon reads (and echoes) is that one.
+        return [json.dumps({"v": 1, "id": rid, "op": "ping"}).encode()], json.loads(json.dumps(rid))
+    return list(message[1]), None
+
+
+# No shrinking: minimising a list of 130 messages against a live daemon takes
+# minutes; the failing example is reported as generated.
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck),
+          phases=[Phase.generate])
+@given(messages=st.lists(MESSAGES, min_size=MESSAGES_PER_EXAMPLE // 2,
+                         max_size=MESSAGES_PER_EXAMPLE))
+def _many_messages(daemon, counter, messages):
     sock = raw_socket(daemon.socket)
+    expected: dict[str, int] = {}
     try:
-        sock.send(json.dumps(request).encode())
-        has_id = isinstance(request["id"], str) and 0 < len(request["id"]) <= 128
-        if has_id:
-            reply = None
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                msg = protocol.decode_reply(sock.recv())
-                if msg.final:
-                    reply = msg
-                    break
-            assert reply is not None and reply.id == request["id"]
+        for index, message in enumerate(messages):
+            frames, rid = _encode(index, message)
+            sock.send_multipart(frames)
+            counter.append(1)
+            if rid is not None:
+                expected[rid] = 0
+        # A message of several frames may look like a REQ envelope to the
+        # daemon, which then answers with one: the reply is the last frame.
+        deadline = time.monotonic() + 30
+        while any(n == 0 for n in expected.values()) and time.monotonic() < deadline:
+            if not sock.poll(100):
+                continue
+            reply = protocol.decode_reply(sock.recv_multipart()[-1])
+            if reply.final and reply.id in expected:
+                expected[reply.id] += 1
+        while sock.poll(50):   # anything left must not be a second final reply
+            reply = protocol.decode_reply(sock.recv_multipart()[-1])
+            if reply.final and reply.id in expected:
+                expected[reply.id] += 1
     finally:
         sock.close()
+    assert all(n == 1 for n in expected.values()), {k: n for k, n in expected.items() if n != 1}
 
 
-def test_json_of_the_wrong_shape_gets_exactly_one_final_reply(daemon):
-    _wrong_shapes(daemon)
+def test_ten_thousand_hostile_messages_each_with_an_id_get_exactly_one_reply(daemon_factory):
+    daemon = daemon_factory({"ollama": {"probe_interval": 60.0}})
+    sent: list[int] = []
+    _many_messages(daemon, sent)
+    assert len(sent) >= 10_000
     still_serves(daemon)
 
 
@@ -90,6 +143,8 @@ def test_json_of_the_wrong_shape_gets_exactly_one_final_reply(daemon):
     (b"not json", None),
     (b"[" * 1000, None),
     (b"[" * 100_000, None),
+    (b'{"v": 1, "id": "too-deep", "op": "ping", "args": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+     "bad_request"),
     (b'{"v": 1, "id": "n", "op": "generate", "args": {"prompt": "x", "temperature": NaN}}',
      "bad_request"),
     (b'{"v": 1, "id": "i", "op": "ping", "args": {"x": -Infinity}}', "bad_request"),
@@ -121,8 +176,8 @@ def test_specific_bad_requests(daemon, body, code, wait_for):
         else:
             reply = protocol.decode_reply(sock.recv())
             assert reply.error is not None and reply.error.code.value == code
-            assert reply.id == json.loads(body.decode(errors="replace").replace("NaN", "0")
-                                          .replace("-Infinity", "0").replace("1e999", "0"))["id"]
+            sent_id = json.loads(re.search(rb'"id": ("[^"]*")', body).group(1))
+            assert reply.id == sent_id
             assert sock.poll(200) == 0, "exactly one reply"
     finally:
         sock.close()
