@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from ollamad.testing.standin import apitypes
+from ollamad.testing.standin import apitypes, gojson
 from ollamad.testing.standin.apitypes import ApiError, not_found
 from ollamad.testing.standin.catalog import Catalog, canonical_name
 from ollamad.testing.standin.config import VERSION, Settings
@@ -52,6 +52,8 @@ class App:
             "/api/ps": {"GET": self._ps},
             "/api/show": {"POST": self._show},
             "/api/pull": {"POST": self._pull},
+            "/api/copy": {"POST": self._copy},
+            "/api/delete": {"DELETE": self._delete},
             "/api/generate": {"POST": inference.generate},
             "/api/chat": {"POST": inference.chat},
             "/api/embed": {"POST": inference.embed},
@@ -115,6 +117,26 @@ class App:
         if model is None:
             raise not_found(name)
         exchange.send_json(200, model.show())
+
+    def _copy(self, exchange: Exchange):
+        request = apitypes.decode(exchange.body, apitypes.COPY)
+        source, destination = request.get("source", ""), request.get("destination", "")
+        for role, name in (("source", source), ("destination", destination)):
+            if canonical_name(name) is None:
+                raise ApiError(400, f"{role} {gojson.dumps(name).decode()} is invalid")
+        if not self.catalog.copy(source, destination):
+            raise ApiError(404, f"model {gojson.dumps(source).decode()} not found")
+        exchange.send(200, b"", TEXT)
+
+    def _delete(self, exchange: Exchange):
+        """Removes the model from disk; a loaded runner of it keeps running, as in Ollama."""
+        request = apitypes.decode(exchange.body, apitypes.DELETE)
+        name = request.get("model") or request.get("name", "")
+        if canonical_name(name) is None:
+            raise ApiError(400, f"name {gojson.dumps(name).decode()} is invalid")
+        if not self.catalog.delete(name):
+            raise not_found(name)
+        exchange.send(200, b"", TEXT)
 
     def _pull(self, exchange: Exchange):
         request = apitypes.decode(exchange.body, apitypes.PULL)

@@ -16,6 +16,7 @@ import select
 import socket
 import socketserver
 import sys
+import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler
@@ -175,6 +176,11 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.peer = Peer(self.connection)
+        self.server.track(self.connection, True)
+
+    def finish(self):
+        self.server.track(self.connection, False)
+        super().finish()
 
     def log_message(self, format: str, *args: Any):
         pass  # requests are logged as [GIN] lines instead
@@ -243,6 +249,25 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.socket.close()
         self.socket = listener
         self.app = app
+        self._connections_lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+
+    def track(self, connection: socket.socket, open_: bool):
+        with self._connections_lock:
+            if open_:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def cut_connections(self):
+        """Close every client connection at once, streams mid-way included (Go's Close)."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def handle_error(self, request: Any, client_address: Any):
         # Shutdown closes every connection under its handler thread; an
@@ -252,6 +277,6 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         super().handle_error(request, client_address)
 
 
-def make_server(listener: socket.socket, app: Any) -> socketserver.TCPServer:
+def make_server(listener: socket.socket, app: Any) -> _Server:
     """A server on an already bound, listening socket; `app.dispatch(exchange)` answers."""
     return _Server(listener, app)
