@@ -2,8 +2,9 @@
 
 With tools in a chat request the model calls one, unless the last message is
 a tool's answer (then it answers in words, so agent loops end): the tool
-whose name the last user message mentions, else the first one, with
-arguments that match the tool's parameter schema. The call is shaped like
+whose name's words (`get_weather`: get, weather) the last user message
+mentions most, the first one on a tie, with arguments that match the tool's
+parameter schema. The call is shaped like
 Ollama's (api.ToolCall): an id `call_` + 8 characters, the function's index,
 name and arguments.
 """
@@ -11,6 +12,7 @@ name and arguments.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from ollamad.testing.standin import textgen
@@ -25,8 +27,13 @@ def choose(tools: list[dict], messages: list[dict], key: str) -> dict | None:
     if not functions or (messages and messages[-1].get("role") == "tool"):
         return None
     asked = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"),
-                 "").lower()
-    chosen = next((f for f in functions if f["name"].lower() in asked), functions[0])
+                 "")
+    words = set(re.findall(r"[a-z0-9]+", asked.lower()))
+
+    def mentions(function: dict) -> int:
+        return len(words.intersection(re.findall(r"[a-z0-9]+", function["name"].lower())))
+
+    chosen = max(functions, key=mentions)  # max keeps the first of equals
     parameters = chosen.get("parameters")
     arguments = textgen.value_for(parameters, key) if isinstance(parameters, dict) else {}
     return {"name": chosen["name"], "arguments": arguments if isinstance(arguments, dict) else {}}
