@@ -17,12 +17,14 @@ from ollamad.testing.standin.control import Control
 from ollamad.testing.standin.faults import FaultBook
 from ollamad.testing.standin.generation import Inference
 from ollamad.testing.standin.httpserver import TEXT, Exchange
+from ollamad.testing.standin.openai import OpenAI
 from ollamad.testing.standin.runners import RunnerPool
 from ollamad.testing.standin.scheduler import Scheduler
 from ollamad.testing.standin.stats import Stats
 
-_GENERATIONS = {"/api/generate", "/api/chat"}
-_RECORDED = {"/api/generate", "/api/chat", "/api/embed"}
+_GENERATIONS = {"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"}
+_RECORDED = _GENERATIONS | {"/api/embed", "/v1/embeddings"}
+_V1_MODEL = "/v1/models/"
 PULL_MISSING = "pull model manifest: file does not exist"
 
 
@@ -45,6 +47,7 @@ class App:
         inference = Inference(settings, self.catalog, self.pool, scheduler, self.faults,
                               self.stats)
         self._control = Control(self.faults, self.stats, self.pool)
+        self._openai = OpenAI(self.catalog, inference.chat, inference.generate, inference.embed)
         self._routes = {
             "/": {"GET": self._root, "HEAD": self._root},
             "/api/version": {"GET": self._version, "HEAD": self._version},
@@ -58,6 +61,10 @@ class App:
             "/api/chat": {"POST": inference.chat},
             "/api/embed": {"POST": inference.embed},
             "/api/embeddings": {"POST": inference.embeddings},
+            "/v1/chat/completions": {"POST": self._openai.chat_completions},
+            "/v1/completions": {"POST": self._openai.completions},
+            "/v1/embeddings": {"POST": self._openai.embeddings},
+            "/v1/models": {"GET": self._openai.models},
         }
 
     def dispatch(self, exchange: Exchange):
@@ -80,6 +87,9 @@ class App:
             exchange.complete()
 
     def _route(self, exchange: Exchange):
+        name = exchange.path[len(_V1_MODEL):]
+        if exchange.method == "GET" and exchange.path.startswith(_V1_MODEL) and "/" not in name:
+            return self._openai.model(exchange, name)
         methods = self._routes.get(exchange.path)
         if methods is None:
             bare = exchange.path.rstrip("/")

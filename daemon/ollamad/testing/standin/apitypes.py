@@ -112,12 +112,6 @@ def think_value(value: Any) -> bool | str:
                         "true, or false)")
 
 
-def _go_type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    return "map[string]interface {}" if isinstance(value, dict) else "[]interface {}"
-
-
 def keep_alive_ns(value: Any) -> int:
     """api.Duration.UnmarshalJSON: seconds (fractions too) or a Go duration string with a
     unit; negative = forever."""
@@ -129,7 +123,7 @@ def keep_alive_ns(value: Any) -> int:
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         return gotime.FOREVER_NS if ns < 0 else ns
-    raise ApiError(400, f"Unsupported type: '{_go_type_name(value)}'")
+    raise ApiError(400, f"Unsupported type: '{gojson.go_type_name(value)}'")
 
 
 def unloads_now(keep_alive: int | None) -> bool:

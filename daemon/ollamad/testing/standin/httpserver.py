@@ -3,7 +3,8 @@
 Answers are written in one `send` each (status line, headers, body), with
 TCP_NODELAY on every accepted socket: small request/response pairs would
 otherwise wait ~40 ms for Nagle and delayed ACKs. Streams use chunked
-transfer encoding, one chunk per NDJSON line, sent as soon as it is made.
+transfer encoding, one chunk per NDJSON line or server-sent event, sent as
+soon as it is made.
 Headers match Go's: `Content-Type`, `Date`, `Content-Length` or
 `Transfer-Encoding: chunked`, no `Server`.
 """
@@ -138,15 +139,16 @@ class Exchange:
     def send_error(self, status: int, message: str, content_type: str = JSON):
         self.send_json(status, {"error": message}, content_type)
 
-    def stream(self) -> "NdjsonStream":
-        return NdjsonStream(self)
+    def stream(self, content_type: str = NDJSON) -> "Stream":
+        return Stream(self, content_type)
 
 
-class NdjsonStream:
-    """A streamed answer: headers go out with the first line."""
+class Stream:
+    """A streamed answer: headers go out with the first chunk, one chunk per line or event."""
 
-    def __init__(self, exchange: Exchange):
+    def __init__(self, exchange: Exchange, content_type: str):
         self._exchange = exchange
+        self._content_type = content_type
         self._chunked = exchange._handler.request_version == "HTTP/1.1"
         if not self._chunked:
             exchange._handler.close_connection = True  # HTTP/1.0: the end of data ends it
@@ -157,15 +159,18 @@ class NdjsonStream:
 
     def write(self, value: Any, last: bool = False):
         """Send one NDJSON line; `last` ends the stream in the same write."""
-        line = gojson.dumps(value) + b"\n"
+        self.send(gojson.dumps(value) + b"\n", last)
+
+    def send(self, data: bytes, last: bool = False):
         if self._chunked:
-            line = b"%x\r\n%s\r\n" % (len(line), line) + (b"0\r\n\r\n" if last else b"")
+            data = (b"%x\r\n%s\r\n" % (len(data), data) if data else b"") \
+                + (b"0\r\n\r\n" if last else b"")
         if not self.started:
             framing = "Transfer-Encoding: chunked\r\n" if self._chunked else ""
-            line = self._exchange._head(200, NDJSON, framing).encode("latin-1") + line
+            data = self._exchange._head(200, self._content_type, framing).encode("latin-1") + data
         if last:
             self._exchange.complete()
-        self._exchange._write(line)
+        self._exchange._write(data)
 
 
 class _Handler(BaseHTTPRequestHandler):
