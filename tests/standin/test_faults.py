@@ -76,6 +76,11 @@ def test_ollama_variables_are_read_like_ollama():
     assert (settings().num_parallel, settings().max_queue) == (1, 512)
     assert settings(OLLAMA_NUM_PARALLEL="8", OLLAMA_MAX_QUEUE="x").num_parallel == 8
     assert settings(OLLAMA_MAX_QUEUE="x").max_queue == 512
+    assert (settings().context_length, settings(OLLAMA_CONTEXT_LENGTH="8192").context_length) == (
+        0, 8192)
+    assert settings().load_timeout_ns == 300 * 10**9
+    assert settings(OLLAMA_LOAD_TIMEOUT="90").load_timeout_ns == 90 * 10**9
+    assert settings(OLLAMA_LOAD_TIMEOUT="0").load_timeout_ns == 2**63 - 1  # 0 = no limit
 
 
 def test_bad_faults_are_refused(ollama_standin):

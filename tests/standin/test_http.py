@@ -122,10 +122,12 @@ def test_invalid_format_is_a_runner_error(standin):
         'invalid format: "\\"yaml\\""; expected "json" or a valid JSON Schema object')
 
 
-def test_keep_alive_without_unit_is_400(standin):
-    answer = post(standin, "/api/generate", {"model": MODEL, "prompt": "", "keep_alive": "300"})
+@pytest.mark.parametrize("keep_alive", ["300", "-1"])
+def test_keep_alive_without_unit_is_400(standin, keep_alive):
+    answer = post(standin, "/api/generate",
+                  {"model": MODEL, "prompt": "", "keep_alive": keep_alive})
     assert (answer.status_code, answer.json()) == (
-        400, {"error": 'time: missing unit in duration "300"'})
+        400, {"error": f'time: missing unit in duration "{keep_alive}"'})
 
 
 def test_trailing_slash_redirects(standin):

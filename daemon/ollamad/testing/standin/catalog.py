@@ -2,9 +2,11 @@
 
 Names follow Ollama's rules: case-insensitive, `:latest` when no tag is given,
 `registry.ollama.ai/library/` optional. Well-known models carry their real
-sizes and shapes; any other name in `--models` gets plausible values derived
-from its tag (`foo:7b` → 7 billion parameters). Models in the well-known table
-that are not installed can be pulled.
+sizes, shapes, KV cache per token and capabilities (`tools`, `thinking`,
+`embedding`); any other name in `--models` gets plausible values derived
+from its tag (`foo:7b` → 7 billion parameters) and only `completion` (or
+`embedding` for `*embed*` names). Models in the well-known table that are
+not installed can be pulled; any model can be copied and deleted.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from dataclasses import astuple, dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from ollamad.testing.standin.gotime import NS_PER_S, rfc3339_nano
 
@@ -25,7 +27,9 @@ KIB = 1024
 
 
 @dataclass(frozen=True)
-class _Shape:
+class Shape:
+    """What a model is, whatever it is called."""
+
     family: str
     parameter_size: str
     parameter_count: int
@@ -38,21 +42,21 @@ class _Shape:
 
 
 _WELL_KNOWN = {
-    "llama3.1:8b": _Shape("llama", "8.0B", 8_030_261_248, "Q4_K_M", 4_920_753_328, 131072, 4096,
+    "llama3.1:8b": Shape("llama", "8.0B", 8_030_261_248, "Q4_K_M", 4_920_753_328, 131072, 4096,
                           128 * KIB, _CHAT),
-    "llama3.2:1b": _Shape("llama", "1.2B", 1_235_814_432, "Q8_0", 1_321_098_329, 131072, 2048,
+    "llama3.2:1b": Shape("llama", "1.2B", 1_235_814_432, "Q8_0", 1_321_098_329, 131072, 2048,
                           32 * KIB, _CHAT),
-    "llama3.2:3b": _Shape("llama", "3.2B", 3_212_749_888, "Q4_K_M", 2_019_393_189, 131072, 3072,
+    "llama3.2:3b": Shape("llama", "3.2B", 3_212_749_888, "Q4_K_M", 2_019_393_189, 131072, 3072,
                           112 * KIB, _CHAT),
-    "qwen2.5:0.5b": _Shape("qwen2", "494.03M", 494_032_768, "Q4_K_M", 397_821_319, 32768, 896,
+    "qwen2.5:0.5b": Shape("qwen2", "494.03M", 494_032_768, "Q4_K_M", 397_821_319, 32768, 896,
                            12 * KIB, _CHAT),
-    "qwen3:0.6b": _Shape("qwen3", "751.63M", 751_632_384, "Q4_K_M", 522_653_767, 40960, 1024,
+    "qwen3:0.6b": Shape("qwen3", "751.63M", 751_632_384, "Q4_K_M", 522_653_767, 40960, 1024,
                          112 * KIB, _THINKING),
-    "mistral:7b": _Shape("llama", "7.2B", 7_248_023_552, "Q4_0", 4_113_301_824, 32768, 4096,
+    "mistral:7b": Shape("llama", "7.2B", 7_248_023_552, "Q4_0", 4_113_301_824, 32768, 4096,
                          128 * KIB, _CHAT),
-    "nomic-embed-text:latest": _Shape("nomic-bert", "137M", 136_727_040, "F16", 274_302_450, 2048,
+    "nomic-embed-text:latest": Shape("nomic-bert", "137M", 136_727_040, "F16", 274_302_450, 2048,
                                       768, 36 * KIB, _EMBEDDING),
-    "all-minilm:latest": _Shape("bert", "23M", 22_565_376, "F16", 45_960_996, 512, 384, 9 * KIB,
+    "all-minilm:latest": Shape("bert", "23M", 22_565_376, "F16", 45_960_996, 512, 384, 9 * KIB,
                                 _EMBEDDING),
 }
 _FILE_TYPES = {"F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15}
@@ -76,7 +80,7 @@ def canonical_name(name: str) -> str | None:
     return name if ":" in name else name + ":latest"
 
 
-def _derived_shape(name: str) -> _Shape:
+def _derived_shape(name: str) -> Shape:
     """Plausible numbers for a model the well-known table does not have."""
     base, _, tag = name.partition(":")
     letters = re.match(r"[a-z]+", base.rpartition("/")[2])
@@ -88,7 +92,7 @@ def _derived_shape(name: str) -> _Shape:
     embedding = "embed" in base or "bert" in family
     width = 768 if embedding else (4096 if count >= 6e9 else 2048)
     kv_per_token = max(4, round(count / 1e9 * 16)) * KIB  # llama-like: 16 KiB per billion
-    return _Shape(family, size_label, count, "Q4_K_M", int(count * 0.6), 8192, width,
+    return Shape(family, size_label, count, "Q4_K_M", int(count * 0.6), 8192, width,
                   kv_per_token, _EMBEDDING if embedding else ("completion",))
 
 
@@ -98,22 +102,15 @@ _ONE_SLOT_FAMILIES = {"mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe", 
 
 
 @dataclass(frozen=True)
-class Model:
-    name: str
-    family: str
-    parameter_size: str
-    parameter_count: int
-    quantization: str
-    size: int
-    context_length: int
-    embedding_length: int
-    kv_bytes_per_token: int
-    capabilities: tuple[str, ...]
+class Model(Shape):
+    """A shape installed under a name."""
+
+    name: str = ""
     blob: str = ""  # the model a copy was made from: copies share its blobs and digest
 
     @classmethod
     def named(cls, name: str) -> "Model":
-        return cls(name, *astuple(_WELL_KNOWN.get(name) or _derived_shape(name)))
+        return cls(**asdict(_WELL_KNOWN.get(name) or _derived_shape(name)), name=name)
 
     def copied_as(self, name: str) -> "Model":
         return replace(self, name=name, blob=self.blob or self.name)
