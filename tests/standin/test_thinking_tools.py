@@ -168,3 +168,11 @@ def test_copy_and_delete(client, standin):
         client.copy("nothing-here", "else")
     assert (no_source.value.status_code, no_source.value.error) == (
         404, 'model "nothing-here" not found')
+
+
+def test_copy_and_delete_answer_an_empty_200(standin):
+    for method, path, body in (("POST", "/api/copy", {"source": CHAT, "destination": "raw"}),
+                               ("DELETE", "/api/delete", {"model": "raw"})):
+        answer = requests.request(method, standin.url + path, json=body, timeout=TIMEOUT)
+        assert (answer.status_code, answer.content, answer.headers.get("Content-Type")) == (
+            200, b"", None)

@@ -16,7 +16,7 @@ from ollamad.testing.standin.config import VERSION, Settings
 from ollamad.testing.standin.control import Control
 from ollamad.testing.standin.faults import FaultBook
 from ollamad.testing.standin.generation import Inference
-from ollamad.testing.standin.httpserver import TEXT, Exchange
+from ollamad.testing.standin.httpserver import NO_CONTENT_TYPE, TEXT, Exchange
 from ollamad.testing.standin.openai import OpenAI
 from ollamad.testing.standin.runners import RunnerPool
 from ollamad.testing.standin.scheduler import Scheduler
@@ -87,9 +87,10 @@ class App:
             exchange.complete()
 
     def _route(self, exchange: Exchange):
-        name = exchange.path[len(_V1_MODEL):]
-        if exchange.method == "GET" and exchange.path.startswith(_V1_MODEL) and "/" not in name:
-            return self._openai.model(exchange, name)
+        if exchange.method == "GET" and exchange.path.startswith(_V1_MODEL):
+            name = exchange.path[len(_V1_MODEL):]
+            if name and "/" not in name:  # gin's /v1/models/:model
+                return self._openai.model(exchange, name)
         methods = self._routes.get(exchange.path)
         if methods is None:
             bare = exchange.path.rstrip("/")
@@ -136,7 +137,7 @@ class App:
                 raise ApiError(400, f"{role} {gojson.dumps(name).decode()} is invalid")
         if not self.catalog.copy(source, destination):
             raise ApiError(404, f"model {gojson.dumps(source).decode()} not found")
-        exchange.send(200, b"", TEXT)
+        exchange.send(200, b"", NO_CONTENT_TYPE)
 
     def _delete(self, exchange: Exchange):
         """Removes the model from disk; a loaded runner of it keeps running, as in Ollama."""
@@ -146,7 +147,7 @@ class App:
             raise ApiError(400, f"name {gojson.dumps(name).decode()} is invalid")
         if not self.catalog.delete(name):
             raise not_found(name)
-        exchange.send(200, b"", TEXT)
+        exchange.send(200, b"", NO_CONTENT_TYPE)
 
     def _pull(self, exchange: Exchange):
         request = apitypes.decode(exchange.body, apitypes.PULL)

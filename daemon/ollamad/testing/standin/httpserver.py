@@ -29,6 +29,7 @@ from ollamad.testing.standin.apitypes import ClientGone
 JSON = "application/json; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
 NDJSON = "application/x-ndjson"
+NO_CONTENT_TYPE = ""  # a handler that writes no body: Go sends no Content-Type
 
 _date_cache: tuple[int, str] = (-1, "")
 
@@ -121,7 +122,10 @@ class Exchange:
 
     def _head(self, status: int, content_type: str, framing: str) -> str:
         self.status = status
-        head = _status_line(status) + f"Content-Type: {content_type}\r\nDate: {_http_date()}\r\n"
+        head = _status_line(status)
+        if content_type:
+            head += f"Content-Type: {content_type}\r\n"
+        head += f"Date: {_http_date()}\r\n"
         if self._handler.close_connection:
             head += "Connection: close\r\n"
         return head + framing + "\r\n"
