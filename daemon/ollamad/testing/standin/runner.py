@@ -16,7 +16,8 @@ answers `{"prompt_done": true}` once the prompt is evaluated, then
 `{"done": true}`. Start-up: after `--load-time` seconds (the load) it writes
 `ready PORT` on stdout, the server's pipe.
 
-Kept free of imports from the rest of the package: it starts fast.
+Kept free of imports beyond the standard library: it runs without site and
+starts fast, and every load waits for it.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import time
 from typing import Callable, Iterator
 
 from ollamad.testing.standin import log
+from ollamad.testing.standin import runner as runner_program
 from ollamad.testing.standin.apitypes import (
     LOAD_TIMED_OUT, MODEL_CRASHED, RUNNER_STOPPED, ApiError, ClientGone)
 from ollamad.testing.standin.catalog import Model
@@ -64,10 +65,11 @@ class Runner:
         self.idle_since = time.monotonic()
         self.expires_at_ns = time.time_ns() + keep_alive_ns
         self.expires_monotonic: float | None = None  # set while idle with a finite keep-alive
-        command = [sys.executable, "-m", "ollamad.testing.standin.runner",
-                   "--model", model.name, "--ctx-size", str(options.num_ctx * slots),
-                   "--parallel", str(slots), "--load-time", str(load_time),
-                   "--max-lifetime", str(max_lifetime)]
+        # The program by path, without site (-S): it needs only the standard library, and
+        # every load waits for it to start (~30 ms instead of ~100 ms with the package's).
+        command = [sys.executable, "-S", "-E", runner_program.__file__, "--model", model.name,
+                   "--ctx-size", str(options.num_ctx * slots), "--parallel", str(slots),
+                   "--load-time", str(load_time), "--max-lifetime", str(max_lifetime)]
         log.info("server.go:376", "starting llama server", cmd=" ".join(command))
         try:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
