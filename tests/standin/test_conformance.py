@@ -29,7 +29,7 @@ def test_show_has_model_info(client):
     assert shown.modelinfo["llama.context_length"] == 131072
     assert shown.details.quantization_level == "Q4_K_M"
     assert "<|eot_id|>" in shown.parameters and shown.template
-    assert shown.capabilities == ["completion"]
+    assert shown.capabilities == ["completion", "tools"]
 
 
 def test_generate_streamed_and_not_give_the_same_text(client):
@@ -115,7 +115,7 @@ def test_bad_option_type_is_500(client):
     with pytest.raises(ollama.ResponseError) as error:
         client.generate(MODEL, "hi", options={"temperature": "hot"})
     assert (error.value.status_code, error.value.error) == (
-        500, 'option "temperature" must be of type float')
+        500, 'option "temperature" must be of type float32')
 
 
 def test_busy_is_503_with_the_exact_text(ollama_standin):

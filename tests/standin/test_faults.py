@@ -76,6 +76,11 @@ def test_ollama_variables_are_read_like_ollama():
     assert (settings().num_parallel, settings().max_queue) == (1, 512)
     assert settings(OLLAMA_NUM_PARALLEL="8", OLLAMA_MAX_QUEUE="x").num_parallel == 8
     assert settings(OLLAMA_MAX_QUEUE="x").max_queue == 512
+    assert (settings().context_length, settings(OLLAMA_CONTEXT_LENGTH="8192").context_length) == (
+        0, 8192)
+    assert settings().load_timeout_ns == 300 * 10**9
+    assert settings(OLLAMA_LOAD_TIMEOUT="90").load_timeout_ns == 90 * 10**9
+    assert settings(OLLAMA_LOAD_TIMEOUT="0").load_timeout_ns == 2**63 - 1  # 0 = no limit
 
 
 def test_bad_faults_are_refused(ollama_standin):
@@ -143,7 +148,7 @@ def test_runner_terminated_is_a_500_before_streaming(ollama_standin):
     ollama_standin.set_fault("runner_terminated", count=1)
     answer = generate(ollama_standin)
     assert (answer.status_code, answer.json()) == (
-        500, {"error": "llama runner process has terminated: exit status 2"})
+        500, {"error": "llama-server process has terminated: exit status 2"})
     assert not alive(runner) or runner not in ollama_standin.runner_pids()
     assert generate(ollama_standin, stream=False).status_code == 200
 
@@ -157,7 +162,7 @@ def test_unresponsive_holds_every_api_path_until_cleared(ollama_standin, wait_un
         wait_until(lambda: ollama_standin.state()["stats"]["in_flight"] >= 1, what="held")
         assert ollama_standin.state()["faults"] == [{"kind": "unresponsive", "remaining": None}]
         ollama_standin.clear_faults()
-        assert held.result(timeout=TIMEOUT).json() == {"version": "0.5.1"}
+        assert held.result(timeout=TIMEOUT).json() == {"version": "0.33.0"}
 
 
 def test_exit_fault_exits_with_its_code_and_orphans_runners(ollama_standin, wait_until):

@@ -47,7 +47,7 @@ def test_everything_is_stopped_when_the_body_raises(wait_until):
 
 def test_environment_carries_every_knob():
     env = StandIn.environment(token_delay=0.5, load_time=1, models=["a:1b", "b"],
-                              vram_per_model=1024, faults=["busy:2", {"kind": "hang"}],
+                              vram=1024, faults=["busy:2", {"kind": "hang"}],
                               num_parallel=8, keep_alive="1m")
     assert env == {
         "OLLAMAD_STANDIN_TOKEN_DELAY": "0.5", "OLLAMAD_STANDIN_PROMPT_RATE": "0.0",
@@ -58,7 +58,7 @@ def test_environment_carries_every_knob():
 
 
 def test_environment_configures_a_stand_in_started_elsewhere():
-    env = StandIn.environment(models=["llama3.2:1b"], vram_per_model=12345, faults=["busy:1"])
+    env = StandIn.environment(models=["llama3.2:1b"], vram=12345, faults=["busy:1"])
     with StandIn(env=env) as standin:  # only the environment says how it is set up
         assert standin.state()["faults"] == [{"kind": "busy", "remaining": 1}]
         url = standin.url + "/api/generate"

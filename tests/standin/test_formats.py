@@ -105,7 +105,7 @@ def test_field_names_match_case_insensitively_like_go():
 
 
 @pytest.mark.parametrize("value, ns", [
-    (0, 0), (30, 30 * 10**9), (1.9, 10**9), (-1, gotime.FOREVER_NS), ("10m", 600 * 10**9),
+    (0, 0), (30, 30 * 10**9), (1.9, 1_900_000_000), (-1, gotime.FOREVER_NS), ("10m", 600 * 10**9),
     ("-5m", gotime.FOREVER_NS),
 ])
 def test_keep_alive_forms(value, ns):
@@ -116,7 +116,7 @@ def test_options_type_errors_are_500s_with_ollamas_text():
     with pytest.raises(ApiError) as error:
         apitypes.options({"temperature": "hot"})
     assert (error.value.status, error.value.message) == (
-        500, 'option "temperature" must be of type float')
+        500, 'option "temperature" must be of type float32')
     with pytest.raises(ApiError) as error:
         apitypes.options({"num_predict": "3"})
     assert error.value.message == 'option "num_predict" must be of type integer'

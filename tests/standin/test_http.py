@@ -36,7 +36,7 @@ def test_root_answers_get_and_head(standin):
 def test_version_tags_and_ps_are_json(standin):
     version = requests.get(standin.url + "/api/version", timeout=TIMEOUT)
     assert version.headers["Content-Type"] == JSON_UTF8
-    assert version.content == b'{"version":"0.5.1"}'
+    assert version.content == b'{"version":"0.33.0"}'
     tags = requests.get(standin.url + "/api/tags", timeout=TIMEOUT).json()
     assert set(tags["models"][0]) == {"name", "model", "modified_at", "size", "digest", "details"}
     assert isinstance(requests.get(standin.url + "/api/ps", timeout=TIMEOUT).json()["models"], list)
@@ -74,7 +74,7 @@ def test_non_streamed_answers_are_one_json_object(standin):
                                          "messages": [{"role": "user", "content": "hi"}]})
     assert answer.headers["Content-Type"] == JSON_UTF8
     assert list(answer.json()) == [
-        "model", "created_at", "message", "done_reason", "done", "total_duration",
+        "model", "created_at", "message", "done", "done_reason", "total_duration",
         "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
         "eval_duration"]
 
@@ -122,10 +122,12 @@ def test_invalid_format_is_a_runner_error(standin):
         'invalid format: "\\"yaml\\""; expected "json" or a valid JSON Schema object')
 
 
-def test_keep_alive_without_unit_is_400(standin):
-    answer = post(standin, "/api/generate", {"model": MODEL, "prompt": "", "keep_alive": "300"})
+@pytest.mark.parametrize("keep_alive", ["300", "-1"])
+def test_keep_alive_without_unit_is_400(standin, keep_alive):
+    answer = post(standin, "/api/generate",
+                  {"model": MODEL, "prompt": "", "keep_alive": keep_alive})
     assert (answer.status_code, answer.json()) == (
-        400, {"error": 'time: missing unit in duration "300"'})
+        400, {"error": f'time: missing unit in duration "{keep_alive}"'})
 
 
 def test_trailing_slash_redirects(standin):

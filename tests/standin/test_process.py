@@ -1,14 +1,21 @@
-"""The process shape of `ollama serve`: runners, orphans, signals, ports, start-up."""
+"""The process shape of `ollama serve`: runners, orphans, signals, ports, start-up, logging.
+
+The runner process makes the tokens, as llama-server does, and the server
+only proxies them: a stopped runner stalls what it serves while the server
+still answers `/` (the wedge users of Ollama report).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -119,3 +126,59 @@ def test_runner_exits_after_its_maximum_lifetime(ollama_standin_factory, wait_un
     pid = load(standin)
     wait_until(lambda: not alive(pid), what="runner self-exit")
     wait_until(lambda: not standin.state()["runners"], what="unload")
+
+
+def generate(standin, timeout: float = TIMEOUT, **body) -> requests.Response:
+    return requests.post(standin.url + "/api/generate", timeout=timeout,
+                         json={"model": MODEL, "prompt": "hi", "stream": False, **body})
+
+
+def test_a_stopped_runner_stalls_generation_while_the_server_answers(ollama_standin_factory,
+                                                                     wait_for):
+    standin = ollama_standin_factory(token_delay=0.01)
+    expected = generate(standin).json()["response"]
+    [runner] = standin.runner_pids()
+    os.kill(runner, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(generate, standin)
+            wait_for(lambda: standin.state()["stats"]["generations_in_flight"] == 1,
+                     what="the held request")
+            with pytest.raises(requests.exceptions.ReadTimeout):
+                generate(standin, timeout=0.5)  # ~0.1 s of work, were the runner running
+            for path in ("/", "/api/tags", "/api/version", "/api/ps"):
+                assert requests.get(standin.url + path, timeout=TIMEOUT).status_code == 200
+            assert not held.done()
+            os.kill(runner, signal.SIGCONT)
+            assert held.result(timeout=TIMEOUT).json()["response"] == expected
+    finally:
+        os.kill(runner, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("host, shown", [
+    ("127.0.0.1:0", "127.0.0.1"), ("[::1]:0", "[::1]"),
+    ("0.0.0.0:0", "[::]"), (":0", "[::]"),  # Go listens dual-stack on a wildcard
+])
+def test_the_listening_line_names_the_address_as_go_does(ollama_standin_factory, host, shown):
+    standin = ollama_standin_factory(env={"OLLAMA_HOST": host})
+    found = re.search(r"Listening on (\S+) \(version ([^)]+)\)", standin.log_path.read_text())
+    assert found[1] == f"{shown}:{standin.port}" and found[2] == "0.33.0"
+    assert requests.get(standin.url + "/", timeout=TIMEOUT).text == "Ollama is running"
+    if shown == "[::]":  # both families answer
+        url = f"http://[::1]:{standin.port}/"
+        assert requests.get(url, timeout=TIMEOUT).text == "Ollama is running"
+
+
+def test_it_dies_of_sigpipe_at_its_next_log_line_once_its_log_reader_is_gone(reaper, wait_for):
+    env = {**os.environ, "OLLAMA_HOST": "127.0.0.1:0", "OLLAMAD_STANDIN_STARTUP_DELAY": "0"}
+    server = reaper.python("-m", "ollamad", "stand-in", env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    startup = b""
+    while b"vram-based default context" not in startup:  # the last line before serving
+        startup += server.stderr.readline()
+    port = int(re.search(rb"Listening on 127.0.0.1:(\d+)", startup)[1])
+    server.stderr.close()  # the reader dies (a supervisor's log thread that crashed)
+    assert server.poll() is None  # nothing to log, nothing happens
+    assert requests.get(f"http://127.0.0.1:{port}/", timeout=TIMEOUT).status_code == 200
+    wait_for(lambda: server.poll() is not None, what="death at the [GIN] line")
+    assert server.returncode == -signal.SIGPIPE

@@ -33,7 +33,8 @@ import psutil
 _LISTENING = re.compile(rb"Listening on (\S+):(\d+) \(version")
 # Inherited settings that would make a test's stand-in differ from what it asked for.
 _INHERITED_KNOBS = ("OLLAMA_HOST", "OLLAMA_NUM_PARALLEL", "OLLAMA_MAX_QUEUE",
-                    "OLLAMA_KEEP_ALIVE", "OLLAMA_MAX_LOADED_MODELS")
+                    "OLLAMA_KEEP_ALIVE", "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_CONTEXT_LENGTH",
+                    "OLLAMA_LOAD_TIMEOUT")
 _running: "weakref.WeakSet[StandIn]" = weakref.WeakSet()
 
 
@@ -56,16 +57,19 @@ def _fault_spec(fault: str | Mapping[str, Any]) -> str:
 
 def standin_environment(*, token_delay: float = 0.0, prompt_rate: float = 0.0,
                         load_time: float = 0.0, startup_delay: float = 0.0,
-                        models: Iterable[str] | None = None, vram_per_model: int | None = None,
+                        models: Iterable[str] | None = None, vram: int | None = None,
                         faults: Iterable[str | Mapping[str, Any]] = (),
                         runner_max_lifetime: float | None = None,
                         num_parallel: int | None = None, max_queue: int | None = None,
-                        keep_alive: str | None = None) -> dict[str, str]:
+                        keep_alive: str | None = None, context_length: int | None = None,
+                        load_timeout: str | None = None) -> dict[str, str]:
     """The environment variables that configure a stand-in this way.
 
     For a stand-in something else starts (the daemon's supervisor running
-    `ollamad stand-in`): pass these in its environment. `num_parallel`,
-    `max_queue` and `keep_alive` become Ollama's own `OLLAMA_*` variables.
+    `ollamad stand-in`): pass these in its environment. `vram` is the bytes
+    of pretend GPU memory (default 24 GiB; 0 = no GPU). `num_parallel`,
+    `max_queue`, `keep_alive`, `context_length` and `load_timeout` become
+    Ollama's own `OLLAMA_*` variables.
     """
     env = {
         "OLLAMAD_STANDIN_TOKEN_DELAY": repr(float(token_delay)),
@@ -75,12 +79,14 @@ def standin_environment(*, token_delay: float = 0.0, prompt_rate: float = 0.0,
     }
     optional = {
         "OLLAMAD_STANDIN_MODELS": ",".join(models) if models is not None else None,
-        "OLLAMAD_STANDIN_VRAM": vram_per_model,
+        "OLLAMAD_STANDIN_VRAM": vram,
         "OLLAMAD_STANDIN_FAULTS": ",".join(_fault_spec(f) for f in faults) or None,
         "OLLAMAD_STANDIN_RUNNER_MAX_LIFETIME": runner_max_lifetime,
         "OLLAMA_NUM_PARALLEL": num_parallel,
         "OLLAMA_MAX_QUEUE": max_queue,
         "OLLAMA_KEEP_ALIVE": keep_alive,
+        "OLLAMA_CONTEXT_LENGTH": context_length,
+        "OLLAMA_LOAD_TIMEOUT": load_timeout,
     }
     env.update({name: str(value) for name, value in optional.items() if value is not None})
     return env
@@ -119,16 +125,18 @@ class StandIn:
     def __init__(self, token_delay: float = 0.0, load_time: float = 0.0,
                  startup_delay: float = 0.0, models: Iterable[str] | None = None,
                  num_parallel: int | None = None, max_queue: int | None = None,
-                 vram_per_model: int | None = None,
+                 vram: int | None = None,
                  faults: Iterable[str | Mapping[str, Any]] = (),
                  env: Mapping[str, str] | None = None, ready_timeout: float = 10.0, *,
                  prompt_rate: float = 0.0, keep_alive: str | None = None,
-                 runner_max_lifetime: float | None = None, wait_ready: bool = True):
+                 runner_max_lifetime: float | None = None, wait_ready: bool = True,
+                 context_length: int | None = None, load_timeout: str | None = None):
         self.settings_env = standin_environment(
             token_delay=token_delay, prompt_rate=prompt_rate, load_time=load_time,
-            startup_delay=startup_delay, models=models, vram_per_model=vram_per_model,
+            startup_delay=startup_delay, models=models, vram=vram,
             faults=faults, runner_max_lifetime=runner_max_lifetime, num_parallel=num_parallel,
-            max_queue=max_queue, keep_alive=keep_alive)
+            max_queue=max_queue, keep_alive=keep_alive, context_length=context_length,
+            load_timeout=load_timeout)
         self._extra_env = dict(env or {})
         # The stand-in answers nothing during its start-up delay: wait beyond it.
         self._ready_timeout = ready_timeout + startup_delay

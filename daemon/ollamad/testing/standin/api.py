@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import json
 
-from ollamad.testing.standin import apitypes
+from ollamad.testing.standin import apitypes, gojson
 from ollamad.testing.standin.apitypes import ApiError, not_found
 from ollamad.testing.standin.catalog import Catalog, canonical_name
 from ollamad.testing.standin.config import VERSION, Settings
 from ollamad.testing.standin.control import Control
 from ollamad.testing.standin.faults import FaultBook
 from ollamad.testing.standin.generation import Inference
-from ollamad.testing.standin.httpserver import TEXT, Exchange
+from ollamad.testing.standin.httpserver import NO_CONTENT_TYPE, TEXT, Exchange
+from ollamad.testing.standin.openai import OpenAI
 from ollamad.testing.standin.runners import RunnerPool
 from ollamad.testing.standin.scheduler import Scheduler
 from ollamad.testing.standin.stats import Stats
 
-_GENERATIONS = {"/api/generate", "/api/chat"}
-_RECORDED = {"/api/generate", "/api/chat", "/api/embed"}
+_GENERATIONS = {"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"}
+_RECORDED = _GENERATIONS | {"/api/embed", "/v1/embeddings"}
+_V1_MODEL = "/v1/models/"
 PULL_MISSING = "pull model manifest: file does not exist"
 
 
@@ -45,6 +47,7 @@ class App:
         inference = Inference(settings, self.catalog, self.pool, scheduler, self.faults,
                               self.stats)
         self._control = Control(self.faults, self.stats, self.pool)
+        self._openai = OpenAI(self.catalog, inference.chat, inference.generate, inference.embed)
         self._routes = {
             "/": {"GET": self._root, "HEAD": self._root},
             "/api/version": {"GET": self._version, "HEAD": self._version},
@@ -52,10 +55,16 @@ class App:
             "/api/ps": {"GET": self._ps},
             "/api/show": {"POST": self._show},
             "/api/pull": {"POST": self._pull},
+            "/api/copy": {"POST": self._copy},
+            "/api/delete": {"DELETE": self._delete},
             "/api/generate": {"POST": inference.generate},
             "/api/chat": {"POST": inference.chat},
             "/api/embed": {"POST": inference.embed},
             "/api/embeddings": {"POST": inference.embeddings},
+            "/v1/chat/completions": {"POST": self._openai.chat_completions},
+            "/v1/completions": {"POST": self._openai.completions},
+            "/v1/embeddings": {"POST": self._openai.embeddings},
+            "/v1/models": {"GET": self._openai.models},
         }
 
     def dispatch(self, exchange: Exchange):
@@ -78,6 +87,10 @@ class App:
             exchange.complete()
 
     def _route(self, exchange: Exchange):
+        if exchange.method == "GET" and exchange.path.startswith(_V1_MODEL):
+            name = exchange.path[len(_V1_MODEL):]
+            if name and "/" not in name:  # gin's /v1/models/:model
+                return self._openai.model(exchange, name)
         methods = self._routes.get(exchange.path)
         if methods is None:
             bare = exchange.path.rstrip("/")
@@ -115,6 +128,26 @@ class App:
         if model is None:
             raise not_found(name)
         exchange.send_json(200, model.show())
+
+    def _copy(self, exchange: Exchange):
+        request = apitypes.decode(exchange.body, apitypes.COPY)
+        source, destination = request.get("source", ""), request.get("destination", "")
+        for role, name in (("source", source), ("destination", destination)):
+            if canonical_name(name) is None:
+                raise ApiError(400, f"{role} {gojson.dumps(name).decode()} is invalid")
+        if not self.catalog.copy(source, destination):
+            raise ApiError(404, f"model {gojson.dumps(source).decode()} not found")
+        exchange.send(200, b"", NO_CONTENT_TYPE)
+
+    def _delete(self, exchange: Exchange):
+        """Removes the model from disk; a loaded runner of it keeps running, as in Ollama."""
+        request = apitypes.decode(exchange.body, apitypes.DELETE)
+        name = request.get("model") or request.get("name", "")
+        if canonical_name(name) is None:
+            raise ApiError(400, f"name {gojson.dumps(name).decode()} is invalid")
+        if not self.catalog.delete(name):
+            raise not_found(name)
+        exchange.send(200, b"", NO_CONTENT_TYPE)
 
     def _pull(self, exchange: Exchange):
         request = apitypes.decode(exchange.body, apitypes.PULL)

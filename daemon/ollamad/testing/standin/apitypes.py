@@ -14,8 +14,12 @@ from ollamad.testing.standin import gojson, gotime
 from ollamad.testing.standin.gojson import ANY, BOOL, DURATION, INT, MAP, RAW, STRING
 
 SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
-RUNNER_TERMINATED = "llama runner process has terminated: exit status 2"
+RUNNER_TERMINATED = "llama-server process has terminated: exit status 2"
 MODEL_CRASHED = "an error was encountered while running the model: unexpected EOF"
+RUNNER_STOPPED = ("model runner has unexpectedly stopped, this may be due to resource "
+                  "limitations or an internal error, check ollama server logs for details")
+LOAD_TIMED_OUT = "timed out waiting for llama-server to start - "
+LOAD_ABORTED = "client connection closed before llama-server finished loading, aborting load"
 MODEL_REQUIRED = "model is required"
 MISSING_BODY = "missing request body"
 REQUEST_CANCELED = "request canceled"
@@ -45,16 +49,23 @@ def not_found(name: str) -> ApiError:
 
 
 _IMAGES = gojson.slice_of(STRING, "[]api.ImageData")
-_MESSAGE = gojson.struct("api.Message", role=STRING, content=STRING, images=_IMAGES,
-                         tool_calls=gojson.slice_of(ANY, "[]api.ToolCall"))
+_TOOL_CALL = gojson.struct("api.ToolCall", id=STRING, function=gojson.struct(
+    "api.ToolCallFunction", index=INT, name=STRING, arguments=MAP))
+_MESSAGE = gojson.struct("api.Message", role=STRING, content=STRING, thinking=STRING,
+                         images=_IMAGES, tool_calls=gojson.slice_of(_TOOL_CALL, "[]api.ToolCall"),
+                         tool_name=STRING, tool_call_id=STRING)
+_TOOL = gojson.struct("api.Tool", type=STRING, function=gojson.struct(
+    "api.ToolFunction", name=STRING, description=STRING, parameters=ANY))
+_THINK = gojson.GoType("api.ThinkValue", "any")
 
 GENERATE = gojson.struct(
     "api.GenerateRequest", model=STRING, prompt=STRING, suffix=STRING, system=STRING,
     template=STRING, context=gojson.slice_of(INT), stream=BOOL, raw=BOOL, format=RAW,
-    keep_alive=DURATION, images=_IMAGES, options=MAP)
+    keep_alive=DURATION, images=_IMAGES, options=MAP, think=_THINK)
 CHAT = gojson.struct(
     "api.ChatRequest", model=STRING, messages=gojson.slice_of(_MESSAGE), stream=BOOL,
-    format=RAW, keep_alive=DURATION, tools=gojson.slice_of(ANY, "api.Tools"), options=MAP)
+    format=RAW, keep_alive=DURATION, tools=gojson.slice_of(_TOOL, "api.Tools"), options=MAP,
+    think=_THINK)
 EMBED = gojson.struct(
     "api.EmbedRequest", model=STRING, input=ANY, keep_alive=DURATION, truncate=BOOL,
     options=MAP)
@@ -66,6 +77,8 @@ SHOW = gojson.struct(
 PULL = gojson.struct(
     "api.PullRequest", model=STRING, insecure=BOOL, username=STRING, password=STRING,
     stream=BOOL, name=STRING)
+COPY = gojson.struct("api.CopyRequest", source=STRING, destination=STRING)
+DELETE = gojson.struct("api.DeleteRequest", model=STRING, name=STRING)
 
 
 def decode(body: bytes, go_type: gojson.GoType) -> dict[str, Any]:
@@ -78,48 +91,62 @@ def decode(body: bytes, go_type: gojson.GoType) -> dict[str, Any]:
         raise ApiError(400, str(exc)) from None
     if "keep_alive" in fields:
         fields["keep_alive"] = keep_alive_ns(fields["keep_alive"])
+    if "think" in fields:
+        fields["think"] = think_value(fields["think"])
     return fields
 
 
-def _go_type_name(value: Any) -> str:
+_THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+def think_value(value: Any) -> bool | str:
+    """api.ThinkValue.UnmarshalJSON: a bool or one of the levels."""
     if isinstance(value, bool):
-        return "bool"
-    return "map[string]interface {}" if isinstance(value, dict) else "[]interface {}"
+        return value
+    if isinstance(value, str):
+        if value in _THINK_LEVELS:
+            return value
+        raise ApiError(400, f'invalid think value: {gojson.dumps(value).decode()} (must be '
+                            '"high", "medium", "low", "max", true, or false)')
+    raise ApiError(400, 'think must be a boolean or string ("high", "medium", "low", "max", '
+                        "true, or false)")
 
 
 def keep_alive_ns(value: Any) -> int:
-    """api.Duration.UnmarshalJSON: seconds or a Go duration string; negative = forever."""
+    """api.Duration.UnmarshalJSON: seconds (fractions too) or a Go duration string with a
+    unit; negative = forever."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return gotime.FOREVER_NS if value < 0 else int(value) * gotime.NS_PER_S
+        return gotime.FOREVER_NS if value < 0 else int(value * gotime.NS_PER_S)
     if isinstance(value, str):
         try:
             ns = gotime.parse_duration(value)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         return gotime.FOREVER_NS if ns < 0 else ns
-    raise ApiError(400, f"Unsupported type: '{_go_type_name(value)}'")
+    raise ApiError(400, f"Unsupported type: '{gojson.go_type_name(value)}'")
 
 
 def unloads_now(keep_alive: int | None) -> bool:
-    """Ollama unloads when `int(keep_alive.Seconds()) == 0`."""
-    return keep_alive is not None and 0 <= keep_alive < gotime.NS_PER_S
+    """Ollama unloads when `keep_alive.Duration == 0` (before v0.30: under a second)."""
+    return keep_alive == 0
 
 
-# Options.FromMap: name -> (kind, default). Unknown names are ignored.
+# Options.FromMap: name -> (kind, default), the fields of api.Options in v0.33. Unknown
+# names (also those older versions had: numa, low_vram, mirostat, tfs_z, ...) are ignored.
+# num_ctx None: automatic (see runneroptions); main_gpu and use_mmap are Go pointers.
 _OPTIONS: dict[str, tuple[str, Any]] = {
-    "numa": ("bool", False), "num_ctx": ("int", 2048), "num_batch": ("int", 512),
-    "num_gpu": ("int", -1), "main_gpu": ("int", 0), "low_vram": ("bool", False),
-    "f16_kv": ("bool", True), "logits_all": ("bool", False), "vocab_only": ("bool", False),
-    "use_mmap": ("bool", None), "use_mlock": ("bool", False), "num_thread": ("int", 0),
-    "num_keep": ("int", 4), "seed": ("int", -1), "num_predict": ("int", -1),
-    "top_k": ("int", 40), "top_p": ("float", 0.9), "min_p": ("float", 0.0),
-    "tfs_z": ("float", 1.0), "typical_p": ("float", 1.0), "repeat_last_n": ("int", 64),
-    "temperature": ("float", 0.8), "repeat_penalty": ("float", 1.1),
+    "num_ctx": ("int", None), "num_batch": ("int", 512), "num_gpu": ("int", -1),
+    "main_gpu": ("int", None), "use_mmap": ("bool", None), "num_thread": ("int", 0),
+    "draft_num_predict": ("int", 4), "num_keep": ("int", 4), "seed": ("int", -1),
+    "num_predict": ("int", -1), "top_k": ("int", 40), "top_p": ("float", 0.9),
+    "min_p": ("float", 0.0), "typical_p": ("float", 1.0), "repeat_last_n": ("int", 64),
+    "temperature": ("float", 0.8), "repeat_penalty": ("float", 1.0),
     "presence_penalty": ("float", 0.0), "frequency_penalty": ("float", 0.0),
-    "mirostat": ("int", 0), "mirostat_tau": ("float", 5.0), "mirostat_eta": ("float", 0.1),
-    "penalize_newline": ("bool", True), "stop": ("array", []),
+    "stop": ("array", []),
 }
-_KIND_WORD = {"int": "integer", "bool": "boolean", "float": "float", "array": "array"}
+SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty",
+            "presence_penalty", "frequency_penalty", "repeat_last_n")
+_KIND_WORD = {"int": "integer", "bool": "boolean", "float": "float32", "array": "array"}
 
 
 def options(requested: dict[str, Any] | None) -> dict[str, Any]:

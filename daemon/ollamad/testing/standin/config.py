@@ -4,8 +4,9 @@ Every stand-in knob is both a flag and an environment variable (the daemon's
 supervisor configures a stand-in it spawns through the environment); a flag
 wins over its variable. Ollama's variables (`OLLAMA_HOST`,
 `OLLAMA_NUM_PARALLEL`, `OLLAMA_MAX_QUEUE`, `OLLAMA_KEEP_ALIVE`,
-`OLLAMA_MAX_LOADED_MODELS`) are read the way Ollama's envconfig reads them,
-including falling back to the default on a value it cannot parse.
+`OLLAMA_MAX_LOADED_MODELS`, `OLLAMA_CONTEXT_LENGTH`, `OLLAMA_LOAD_TIMEOUT`)
+are read the way Ollama's envconfig reads them, including falling back to
+the default on a value it cannot parse.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from ollamad.testing.standin import gotime
 from ollamad.testing.standin.catalog import DEFAULT_MODELS
 from ollamad.testing.standin.faults import Fault, parse_spec, parse_specs
 
-VERSION = "0.5.1"
+VERSION = "0.33.0"  # the release this stand-in was checked against (commit fb30760)
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -30,11 +32,13 @@ class Settings:
     load_time: float
     startup_delay: float
     models: tuple[str, ...]
-    vram_per_model: int | None
+    vram: int  # bytes of pretend GPU memory, all GPUs together; 0 = no GPU
     num_parallel: int
     max_queue: int
     max_loaded_models: int
     keep_alive_ns: int
+    context_length: int  # OLLAMA_CONTEXT_LENGTH; 0 = automatic (by VRAM)
+    load_timeout_ns: int  # OLLAMA_LOAD_TIMEOUT: how long a load may stall
     faults: tuple[Fault, ...]
     runner_max_lifetime: float
     host_url: str  # OLLAMA_HOST as Ollama prints it in its "server config" log line
@@ -86,30 +90,41 @@ def _env_uint(env: Mapping[str, str], name: str, default: int) -> int:
     return value if value >= 0 else default
 
 
-def _env_keep_alive(env: Mapping[str, str]) -> int:
-    """envconfig.KeepAlive(): a Go duration or a number of seconds; negative = forever."""
-    text = env.get("OLLAMA_KEEP_ALIVE", "").strip()
-    keep_alive = 5 * 60 * gotime.NS_PER_S
+def _env_duration(env: Mapping[str, str], name: str, default_ns: int) -> int:
+    """envconfig's KeepAlive() and LoadTimeout(): a Go duration, else whole seconds."""
+    text = env.get(name, "").strip()
     if text:
         try:
-            keep_alive = gotime.parse_duration(text)
+            return gotime.parse_duration(text)
         except ValueError:
             try:
-                keep_alive = int(text) * gotime.NS_PER_S
+                return int(text) * gotime.NS_PER_S
             except ValueError:
                 pass
-    return gotime.FOREVER_NS if keep_alive < 0 else keep_alive
+    return default_ns
+
+
+def _env_keep_alive(env: Mapping[str, str]) -> int:
+    keep_alive = _env_duration(env, "OLLAMA_KEEP_ALIVE", 5 * 60 * gotime.NS_PER_S)
+    return gotime.FOREVER_NS if keep_alive < 0 else keep_alive  # negative = forever
+
+
+def _env_load_timeout(env: Mapping[str, str]) -> int:
+    timeout = _env_duration(env, "OLLAMA_LOAD_TIMEOUT", 5 * 60 * gotime.NS_PER_S)
+    return gotime.FOREVER_NS if timeout <= 0 else timeout  # zero or negative = forever
 
 
 _EPILOG = """\
 Ollama's own variables are read as Ollama reads them: OLLAMA_HOST (default
 127.0.0.1:11434; :0 picks a free port), OLLAMA_NUM_PARALLEL (1),
-OLLAMA_MAX_QUEUE (512), OLLAMA_KEEP_ALIVE (5m), OLLAMA_MAX_LOADED_MODELS (3).
+OLLAMA_MAX_QUEUE (512), OLLAMA_KEEP_ALIVE (5m), OLLAMA_MAX_LOADED_MODELS (3),
+OLLAMA_CONTEXT_LENGTH (0: by VRAM, 4096 below 23 GiB, 32768 from 23 GiB,
+262144 from 47 GiB), OLLAMA_LOAD_TIMEOUT (5m).
 
 fault kinds (COUNT = how many generate/chat/embed requests; none = until cleared):
   hang                 accept, then never answer (until cleared or the client leaves)
   crash_mid_stream     after_tokens=2 chunks, kill the runner, end with an error line
-  runner_terminated    500 "llama runner process has terminated: exit status 2"
+  runner_terminated    500 "llama-server process has terminated: exit status 2"
   busy                 503 "server busy, please try again.  maximum pending ..."
   unresponsive         every path but /_standin/ accepts and never answers
   exit                 code=1: exit at once (at start: right after binding)
@@ -144,8 +159,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
          "seconds after binding before HTTP is answered (Ollama's GPU discovery)")
     knob("--models", "OLLAMAD_STANDIN_MODELS", str, ",".join(DEFAULT_MODELS),
          "comma-separated installed models")
-    knob("--vram-per-model", "OLLAMAD_STANDIN_VRAM", int, None,
-         "bytes of pretend VRAM a loaded model holds (default: per model)")
+    knob("--vram", "OLLAMAD_STANDIN_VRAM", int, 24 * GIB,
+         "bytes of pretend GPU memory; runners hold weights plus num_ctx x parallel of KV "
+         "cache, what does not fit goes to the CPU and runs slower; 0 = no GPU")
     knob("--runner-max-lifetime", "OLLAMAD_STANDIN_RUNNER_MAX_LIFETIME", float, 1800.0,
          "seconds after which a runner exits by itself (a leak safety net)")
     parser.add_argument("--fault", action="append", default=[], metavar="KIND[:COUNT][:P=V]",
@@ -163,7 +179,8 @@ def load(argv: list[str], env: Mapping[str, str]) -> Settings:
         faults += [parse_spec(spec) for spec in args.fault]
     except ValueError as exc:
         parser.error(str(exc))
-    for name in ("token_delay", "prompt_rate", "load_time", "startup_delay", "runner_max_lifetime"):
+    for name in ("token_delay", "prompt_rate", "load_time", "startup_delay", "runner_max_lifetime",
+                 "vram"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
     models = tuple(name.strip() for name in args.models.split(",") if name.strip())
@@ -177,11 +194,13 @@ def load(argv: list[str], env: Mapping[str, str]) -> Settings:
         load_time=args.load_time,
         startup_delay=args.startup_delay,
         models=models,
-        vram_per_model=args.vram_per_model,
+        vram=args.vram,
         num_parallel=_env_uint(env, "OLLAMA_NUM_PARALLEL", 0) or 1,
         max_queue=_env_uint(env, "OLLAMA_MAX_QUEUE", 512),
         max_loaded_models=_env_uint(env, "OLLAMA_MAX_LOADED_MODELS", 0) or 3,
         keep_alive_ns=_env_keep_alive(env),
+        context_length=_env_uint(env, "OLLAMA_CONTEXT_LENGTH", 0),
+        load_timeout_ns=_env_load_timeout(env),
         faults=tuple(faults),
         runner_max_lifetime=args.runner_max_lifetime,
     )

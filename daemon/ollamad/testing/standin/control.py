@@ -1,6 +1,8 @@
 """The `/_standin/` control endpoint: faults and counters, for tests.
 
     GET    /_standin/state        {"pid", "faults", "runners", "stats", "recent_requests"}
+                                  (a runner: model, pid, loading, parallel, size, size_vram,
+                                  options: its runner options)
     POST   /_standin/faults       {"kind": K, "count": N|null, ...params} adds a fault
     DELETE /_standin/faults       clears every fault (and releases held requests)
     POST   /_standin/stats/reset  zeroes the counters and recent requests

@@ -2,17 +2,18 @@
 
 The order of checks follows Ollama's handlers (decode, model, unload,
 capabilities, options, schedule, load-only answer, inference) because it
-decides which error a client sees first. Durations are measured, not
-invented: load, prompt evaluation and each token really take the configured
-time, so `total_duration >= load + prompt_eval + eval` and
-`eval_count / eval_duration` is the configured speed.
+decides which error a client sees first. The tokens come from the runner
+process (`runnerprocess`): a stopped runner stalls the answer, a killed one
+breaks it. Durations are measured, not invented: load, prompt evaluation
+and each token really take the configured time (longer for a runner partly
+on the CPU, see `memory`), so `total_duration >= load + prompt_eval + eval`
+and `eval_count / eval_duration` is the configured speed.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
+from contextlib import closing
 from typing import Any
 
 from ollamad.testing.standin import apitypes, gojson, textgen
@@ -22,111 +23,31 @@ from ollamad.testing.standin.config import Settings
 from ollamad.testing.standin.faults import FaultBook
 from ollamad.testing.standin.gotime import NS_PER_S, utc_now
 from ollamad.testing.standin.httpserver import JSON, Exchange
+from ollamad.testing.standin.memory import default_num_ctx
+from ollamad.testing.standin.runneroptions import RunnerOptions
 from ollamad.testing.standin.runners import Runner, RunnerPool
 from ollamad.testing.standin.scheduler import Scheduler
 from ollamad.testing.standin.stats import Stats
-
-# Options that change what a model samples (and so the answer); seed only when sampling.
-_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "tfs_z", "repeat_penalty",
-             "presence_penalty", "frequency_penalty", "mirostat", "mirostat_tau",
-             "mirostat_eta", "repeat_last_n", "penalize_newline")
-
-
-@dataclass
-class _Turn:
-    """One generate or chat request, validated."""
-
-    chat: bool
-    name: str  # the model name as the client sent it (echoed back)
-    model: Model
-    stream: bool
-    keep_alive: int | None
-    options: dict[str, Any]
-    prompt: str  # the rendered prompt
-    format: Any
-    context: list[int] | None = field(default=None)  # None: no context in the answer
-
-    @property
-    def has_input(self) -> bool:
-        return bool(self.prompt)
-
-    def key(self) -> str:
-        sampling = {name: self.options[name] for name in _SAMPLING}
-        if self.options["temperature"] != 0:
-            sampling["seed"] = self.options["seed"]
-        return json.dumps([self.model.name, self.prompt, self.context or [], sampling],
-                          sort_keys=True)
-
-    def chunk(self, piece: str) -> dict:
-        if self.chat:
-            return {"model": self.name, "created_at": utc_now(),
-                    "message": {"role": "assistant", "content": piece}, "done": False}
-        return {"model": self.name, "created_at": utc_now(), "response": piece, "done": False}
-
-    def done(self, text: str, reason: str, metrics: dict | None = None,
-             context: list[int] | None = None) -> dict:
-        metrics = {name: value for name, value in (metrics or {}).items() if value}
-        if self.chat:
-            return {"model": self.name, "created_at": utc_now(),
-                    "message": {"role": "assistant", "content": text},
-                    "done_reason": reason, "done": True, **metrics}
-        answer = {"model": self.name, "created_at": utc_now(), "response": text,
-                  "done": True, "done_reason": reason}
-        if context:
-            answer["context"] = context
-        answer.update(metrics)
-        return answer
-
-
-def _format_key(value: Any) -> str | None:
-    """The format as textgen takes it; ApiError like Ollama's runner for a bad one."""
-    if value is None or value == "":
-        return None
-    if value == "json":
-        return '"json"'
-    if not isinstance(value, dict):
-        raw = json.dumps(value)
-        raise ApiError(500, f'invalid format: {json.dumps(raw)}; expected "json" or a valid '
-                            "JSON Schema object", from_runner=True)
-    return json.dumps(value)  # key order kept: answers follow the schema's property order
-
-
-def _limit(pieces: tuple[str, ...], options: dict) -> tuple[list[str], str, int]:
-    """Apply num_predict and stop: (pieces to emit, done_reason, tokens generated)."""
-    emitted, reason = list(pieces), "stop"
-    if 0 < options["num_predict"] <= len(emitted):
-        emitted, reason = emitted[:options["num_predict"]], "length"
-    generated = len(emitted)
-    text = "".join(emitted)
-    found = [(text.find(stop), text.find(stop) + len(stop))
-             for stop in options["stop"] if stop and stop in text]
-    if found:
-        cut, stop_end = min(found)
-        kept, position, generated = [], 0, 0
-        for piece in emitted:
-            if position < cut:
-                kept.append(piece[:cut - position])
-            position += len(piece)
-            generated += 1
-            if position >= stop_end:
-                break
-        emitted, reason = [piece for piece in kept if piece], "stop"
-    return emitted, reason, generated
+from ollamad.testing.standin.turn import CONTENT, TOOL, Plan, Turn
 
 
 class _Reply:
-    """Where tokens go: an NDJSON stream, or collected for one JSON answer."""
+    """Where tokens go: an NDJSON stream, or nowhere until the one JSON answer."""
 
-    def __init__(self, exchange: Exchange, turn: _Turn):
+    def __init__(self, exchange: Exchange, turn: Turn):
         self._exchange = exchange
         self._turn = turn
         self._stream = exchange.stream() if turn.stream else None
-        self.pieces: list[str] = []
 
-    def token(self, piece: str):
-        self.pieces.append(piece)
+    def step(self, kind: str, piece: str):
+        if self._stream is None or kind == TOOL:  # Ollama's tool parser holds calls back
+            return
+        chunk = self._turn.chunk(piece) if kind == CONTENT else self._turn.chunk(thinking=piece)
+        self._stream.write(chunk)
+
+    def tool_calls(self, calls: list[dict]):
         if self._stream is not None:
-            self._stream.write(self._turn.chunk(piece))
+            self._stream.write(self._turn.chunk(tool_calls=calls))
 
     def finish(self, answer: dict):
         if self._stream is None:
@@ -144,6 +65,15 @@ class _Reply:
             self._exchange.send_error(error.status, error.message, content_type)
 
 
+def _think(model: Model, name: str, requested: bool | str | None) -> bool:
+    """Whether the model thinks: by default when it can; 400 when asked and it cannot."""
+    if "thinking" in model.capabilities:
+        return requested is None or requested is not False
+    if requested not in (None, False):
+        raise ApiError(400, f"{gojson.dumps(name).decode()} does not support thinking")
+    return False
+
+
 class Inference:
     def __init__(self, settings: Settings, catalog: Catalog, pool: RunnerPool,
                  scheduler: Scheduler, faults: FaultBook, stats: Stats):
@@ -153,6 +83,12 @@ class Inference:
         self._scheduler = scheduler
         self._faults = faults
         self._stats = stats
+        self._automatic_num_ctx = default_num_ctx(settings.vram)
+
+    def _options(self, model: Model, requested: dict | None) -> tuple[dict, RunnerOptions]:
+        effective = apitypes.options(requested)
+        return effective, RunnerOptions.of(model, effective, requested or {},
+                                           self._settings.context_length, self._automatic_num_ctx)
 
     # --- endpoints -------------------------------------------------------------
 
@@ -170,16 +106,18 @@ class Inference:
         raw = request.get("raw", False)
         if raw and (request.get("template") or request.get("system") or request.get("context")):
             raise ApiError(400, "raw mode does not support template, system, or context")
+        think = _think(model, name, request.get("think"))
         if model.embedding_only:
             raise ApiError(400, f'"{name}" does not support generate')
         parts = [prompt] if raw else [request.get(k, "") for k in ("system", "template", "prompt")]
         if prompt and request.get("suffix"):
             parts.append(request["suffix"])
-        turn = _Turn(chat=False, name=name, model=model, stream=request.get("stream", True),
-                     keep_alive=keep_alive, options=apitypes.options(request.get("options")),
-                     prompt="\n".join(part for part in parts if part) if prompt else "",
-                     format=request.get("format"),
-                     context=None if raw else list(request.get("context", [])))
+        options, runner_options = self._options(model, request.get("options"))
+        turn = Turn(chat=False, name=name, model=model, stream=request.get("stream", True),
+                    keep_alive=keep_alive, options=options, runner_options=runner_options,
+                    prompt="\n".join(part for part in parts if part) if prompt else "",
+                    format=request.get("format"), think=think,
+                    context=None if raw else list(request.get("context", [])))
         self._serve_turn(exchange, turn, started)
 
     def chat(self, exchange: Exchange):
@@ -196,12 +134,18 @@ class Inference:
             return self._unload(exchange, model, {
                 "model": name, "created_at": utc_now(),
                 "message": {"role": "assistant", "content": ""}, "done": True})
+        think = _think(model, name, request.get("think"))
         if model.embedding_only:
             raise ApiError(400, f'"{name}" does not support chat')
+        tools = request.get("tools") or []
+        if tools and "tools" not in model.capabilities:
+            raise ApiError(400, f"{model.full_name} does not support tools")
         prompt = "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in messages)
-        turn = _Turn(chat=True, name=name, model=model, stream=request.get("stream", True),
-                     keep_alive=keep_alive, options=apitypes.options(request.get("options")),
-                     prompt=prompt, format=request.get("format"))
+        options, runner_options = self._options(model, request.get("options"))
+        turn = Turn(chat=True, name=name, model=model, stream=request.get("stream", True),
+                    keep_alive=keep_alive, options=options, runner_options=runner_options,
+                    prompt=prompt, format=request.get("format"), think=think, tools=tools,
+                    messages=messages)
         self._serve_turn(exchange, turn, started)
 
     def embed(self, exchange: Exchange):
@@ -236,16 +180,17 @@ class Inference:
         if self._faults.take("hang"):
             exchange.peer.wait_for(lambda: self._faults.epoch != epoch)
 
-    def _serve_turn(self, exchange: Exchange, turn: _Turn, started: int):
+    def _serve_turn(self, exchange: Exchange, turn: Turn, started: int):
         # The runner is checked in (slot freed, keep-alive expiry set) before the last
         # bytes go out: a client that reads /api/ps right after its answer sees it.
-        runner = self._scheduler.checkout(turn.model, turn.keep_alive, exchange.peer.gone)
+        runner = self._scheduler.checkout(turn.model, turn.runner_options, turn.keep_alive,
+                                          exchange.peer.gone)
         loaded = time.monotonic_ns()
         reply = _Reply(exchange, turn) if turn.has_input else None
         failure: ApiError | None = None
         try:
             if reply is None:
-                answer = turn.done("", "load")
+                answer = turn.done("load")
             else:
                 with self._scheduler.slot(runner, exchange.peer.gone):
                     answer = self._infer(exchange, turn, runner, reply, started, loaded)
@@ -260,51 +205,54 @@ class Inference:
         else:
             reply.finish(answer)
 
-    def _evaluate_prompt(self, exchange: Exchange, tokens: int) -> tuple[int, int]:
-        """Spend the prompt-evaluation time; returns its (start, end) in ns."""
-        start = time.monotonic_ns()
-        if self._settings.prompt_rate:
-            exchange.peer.sleep_until(start / NS_PER_S + tokens / self._settings.prompt_rate)
-        return start, time.monotonic_ns()
+    def _runner_request(self, runner: Runner, prompt_tokens: int, pieces: list[str]) -> dict:
+        """What the runner is asked to do, at the speed its placement allows."""
+        slowdown = runner.placement.slowdown
+        rate = self._settings.prompt_rate
+        return {"prompt_seconds": prompt_tokens / rate * slowdown if rate else 0.0,
+                "token_seconds": self._settings.token_delay * slowdown, "pieces": pieces}
 
     def _crash(self, runner: Runner):
         self._pool.crash(runner)
         raise ApiError(500, MODEL_CRASHED, from_runner=True)
 
-    def _infer(self, exchange: Exchange, turn: _Turn, runner: Runner, reply: _Reply,
+    def _infer(self, exchange: Exchange, turn: Turn, runner: Runner, reply: _Reply,
                started: int, loaded: int) -> dict:
-        """Produce the tokens into `reply`; returns the final answer, still to be sent."""
+        """Stream the runner's tokens into `reply`; returns the final answer, still to be sent."""
         self._wait_out_hang(exchange)
-        pieces = textgen.answer(turn.key(), _format_key(turn.format))
-        emitted, reason, generated = _limit(pieces, turn.options)
+        plan: Plan = turn.plan()
         crash = self._faults.take("crash_mid_stream")
         crash_after = crash.params["after_tokens"] if crash else None
         prompt_tokens = textgen.tokenize(turn.prompt)
         prompt_count = len(prompt_tokens) + len(turn.context or [])
-        eval_start, eval_end = self._evaluate_prompt(exchange, prompt_count)
-        delay = self._settings.token_delay
-        for index, piece in enumerate(emitted):
-            if crash_after is not None and index >= crash_after:
-                self._crash(runner)
-            if delay:
-                exchange.peer.sleep_until(eval_end / NS_PER_S + (index + 1) * delay)
-            if not runner.alive:
-                raise ApiError(500, MODEL_CRASHED, from_runner=True)
-            reply.token(piece)
+        request = self._runner_request(runner, prompt_count, [piece for _, piece in plan.steps])
+        eval_start = eval_end = time.monotonic_ns()
+        emitted = 0
+        with closing(runner.complete(request, exchange.peer.gone)) as events:
+            for event in events:
+                if "prompt_done" in event:
+                    eval_end = time.monotonic_ns()
+                elif "piece" in event:
+                    if crash_after is not None and emitted >= crash_after:
+                        self._crash(runner)
+                    reply.step(plan.steps[emitted][0], event["piece"])
+                    emitted += 1
         if crash_after is not None:
             self._crash(runner)
+        if plan.tool_calls:
+            reply.tool_calls(plan.tool_calls)
         finished = time.monotonic_ns()
         metrics = {
             "total_duration": finished - started, "load_duration": loaded - started,
             "prompt_eval_count": prompt_count, "prompt_eval_duration": eval_end - eval_start,
-            "eval_count": generated, "eval_duration": finished - eval_end,
+            "eval_count": plan.generated, "eval_duration": finished - eval_end,
         }
         context = None
         if turn.context is not None:
-            context = turn.context + textgen.token_ids(prompt_tokens + reply.pieces)
-        text = "" if turn.stream else "".join(reply.pieces)
+            answered = [piece for kind, piece in plan.steps if kind == CONTENT]
+            context = turn.context + textgen.token_ids(prompt_tokens + answered)
         self._stats.completed_generation()
-        return turn.done(text, reason, metrics, context)
+        return turn.done(plan.reason, plan, metrics, context)
 
     def _embed(self, exchange: Exchange, request: dict, inputs: list[str], legacy: bool):
         started = time.monotonic_ns()
@@ -312,8 +260,9 @@ class Inference:
         model = self._catalog.find(name)
         if model is None:
             raise not_found(name)
-        apitypes.options(request.get("options"))
-        runner = self._scheduler.checkout(model, request.get("keep_alive"), exchange.peer.gone)
+        _, runner_options = self._options(model, request.get("options"))
+        runner = self._scheduler.checkout(model, runner_options, request.get("keep_alive"),
+                                          exchange.peer.gone)
         loaded = time.monotonic_ns()
         try:
             if not inputs:
@@ -333,9 +282,11 @@ class Inference:
         if self._faults.take("crash_mid_stream"):
             self._crash(runner)
         count = sum(len(textgen.tokenize(text)) for text in inputs)
-        self._evaluate_prompt(exchange, count)
-        if not runner.alive:
-            raise ApiError(500, MODEL_CRASHED)
+        try:
+            for _ in runner.complete(self._runner_request(runner, count, []), exchange.peer.gone):
+                pass
+        except ApiError as error:
+            raise ApiError(500, error.message) from None  # embed answers plain JSON errors
         vectors = [textgen.embedding_json(model.name, text, model.embedding_length)
                    for text in inputs]
         if legacy:

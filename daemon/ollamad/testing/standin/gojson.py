@@ -218,7 +218,7 @@ class GoType:
     """A Go type as the decoder sees it: its printed name and what it accepts."""
 
     name: str
-    accepts: str  # string | bool | int | map | any | slice | struct | duration
+    accepts: str  # string | bool | int | float | map | any | slice | struct | duration
     element: "GoType | None" = None
     fields: Mapping[str, "GoType"] | None = None
 
@@ -226,6 +226,7 @@ class GoType:
 STRING = GoType("string", "string")
 BOOL = GoType("bool", "bool")
 INT = GoType("int", "int")
+FLOAT = GoType("float64", "float")
 MAP = GoType("map[string]interface {}", "map")
 ANY = GoType("interface {}", "any")
 RAW = GoType("json.RawMessage", "any")
@@ -239,6 +240,17 @@ def slice_of(element: GoType, name: str | None = None) -> GoType:
 def struct(name: str, /, **fields: GoType) -> GoType:
     """A Go struct type; `name` includes the package, e.g. "api.Message"."""
     return GoType(name, "struct", fields=fields)
+
+
+def go_type_name(value: Any) -> str:
+    """Go's `%T` of a decoded JSON value (what `interface {}` holds)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    return "map[string]interface {}" if isinstance(value, dict) else "[]interface {}"
 
 
 def _json_kind(value: Any) -> str:
@@ -261,7 +273,7 @@ def _mismatch(value: Any, go_type: GoType) -> str | None:
         if kind == "number" and not isinstance(value, float):
             return None
         return f"number {value!r}" if kind == "number" else kind
-    wanted = {"string": "string", "bool": "bool", "map": "object",
+    wanted = {"string": "string", "bool": "bool", "float": "number", "map": "object",
               "slice": "array", "struct": "object"}[accepts]
     return None if kind == wanted else kind
 

@@ -3,7 +3,8 @@
 Answers are written in one `send` each (status line, headers, body), with
 TCP_NODELAY on every accepted socket: small request/response pairs would
 otherwise wait ~40 ms for Nagle and delayed ACKs. Streams use chunked
-transfer encoding, one chunk per NDJSON line, sent as soon as it is made.
+transfer encoding, one chunk per NDJSON line or server-sent event, sent as
+soon as it is made.
 Headers match Go's: `Content-Type`, `Date`, `Content-Length` or
 `Transfer-Encoding: chunked`, no `Server`.
 """
@@ -16,6 +17,7 @@ import select
 import socket
 import socketserver
 import sys
+import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler
@@ -27,6 +29,7 @@ from ollamad.testing.standin.apitypes import ClientGone
 JSON = "application/json; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
 NDJSON = "application/x-ndjson"
+NO_CONTENT_TYPE = ""  # a handler that writes no body: Go sends no Content-Type
 
 _date_cache: tuple[int, str] = (-1, "")
 
@@ -119,7 +122,10 @@ class Exchange:
 
     def _head(self, status: int, content_type: str, framing: str) -> str:
         self.status = status
-        head = _status_line(status) + f"Content-Type: {content_type}\r\nDate: {_http_date()}\r\n"
+        head = _status_line(status)
+        if content_type:
+            head += f"Content-Type: {content_type}\r\n"
+        head += f"Date: {_http_date()}\r\n"
         if self._handler.close_connection:
             head += "Connection: close\r\n"
         return head + framing + "\r\n"
@@ -137,15 +143,16 @@ class Exchange:
     def send_error(self, status: int, message: str, content_type: str = JSON):
         self.send_json(status, {"error": message}, content_type)
 
-    def stream(self) -> "NdjsonStream":
-        return NdjsonStream(self)
+    def stream(self, content_type: str = NDJSON) -> "Stream":
+        return Stream(self, content_type)
 
 
-class NdjsonStream:
-    """A streamed answer: headers go out with the first line."""
+class Stream:
+    """A streamed answer: headers go out with the first chunk, one chunk per line or event."""
 
-    def __init__(self, exchange: Exchange):
+    def __init__(self, exchange: Exchange, content_type: str):
         self._exchange = exchange
+        self._content_type = content_type
         self._chunked = exchange._handler.request_version == "HTTP/1.1"
         if not self._chunked:
             exchange._handler.close_connection = True  # HTTP/1.0: the end of data ends it
@@ -156,15 +163,18 @@ class NdjsonStream:
 
     def write(self, value: Any, last: bool = False):
         """Send one NDJSON line; `last` ends the stream in the same write."""
-        line = gojson.dumps(value) + b"\n"
+        self.send(gojson.dumps(value) + b"\n", last)
+
+    def send(self, data: bytes, last: bool = False):
         if self._chunked:
-            line = b"%x\r\n%s\r\n" % (len(line), line) + (b"0\r\n\r\n" if last else b"")
+            data = (b"%x\r\n%s\r\n" % (len(data), data) if data else b"") \
+                + (b"0\r\n\r\n" if last else b"")
         if not self.started:
             framing = "Transfer-Encoding: chunked\r\n" if self._chunked else ""
-            line = self._exchange._head(200, NDJSON, framing).encode("latin-1") + line
+            data = self._exchange._head(200, self._content_type, framing).encode("latin-1") + data
         if last:
             self._exchange.complete()
-        self._exchange._write(line)
+        self._exchange._write(data)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -175,6 +185,11 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.peer = Peer(self.connection)
+        self.server.track(self.connection, True)
+
+    def finish(self):
+        self.server.track(self.connection, False)
+        super().finish()
 
     def log_message(self, format: str, *args: Any):
         pass  # requests are logged as [GIN] lines instead
@@ -243,6 +258,25 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.socket.close()
         self.socket = listener
         self.app = app
+        self._connections_lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+
+    def track(self, connection: socket.socket, open_: bool):
+        with self._connections_lock:
+            if open_:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def cut_connections(self):
+        """Close every client connection at once, streams mid-way included (Go's Close)."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def handle_error(self, request: Any, client_address: Any):
         # Shutdown closes every connection under its handler thread; an
@@ -252,6 +286,6 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         super().handle_error(request, client_address)
 
 
-def make_server(listener: socket.socket, app: Any) -> socketserver.TCPServer:
+def make_server(listener: socket.socket, app: Any) -> _Server:
     """A server on an already bound, listening socket; `app.dispatch(exchange)` answers."""
     return _Server(listener, app)

@@ -2,11 +2,14 @@
 
 Each line is one `os.write` to fd 2: no locks (safe from signal handlers and
 any thread) and cheap enough to log every request, as Ollama does. Like a Go
-program, the server dies of SIGPIPE when its stderr pipe has no reader.
+program, the server dies of SIGPIPE at the first line it writes after its
+stderr pipe lost its reader (a supervisor whose log thread died), whichever
+thread writes it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -22,13 +25,18 @@ def _slog_value(value: object) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def _die_of_sigpipe():
+    # Python ignores SIGPIPE, and only its main thread may call signal.signal(), while
+    # most lines come from request threads: restore the default action in libc instead.
+    ctypes.CDLL(None).signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+
+
 def _write(line: str):
     try:
         os.write(2, line.encode("utf-8", "replace"))
     except BrokenPipeError:
-        # Go programs die of SIGPIPE when fd 2 is a pipe nobody reads.
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGPIPE)
+        _die_of_sigpipe()
     except OSError:
         pass
 

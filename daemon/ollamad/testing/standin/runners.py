@@ -1,9 +1,13 @@
-"""Loaded models and their runner processes: spawn, keep-alive expiry, death, unload.
+"""Loaded models and their runner processes: load, reload, memory, keep-alive expiry, unload.
 
-One runner child process per loaded model (see `runner.py`). A monitor thread
-notices at once when a runner exits (via a pidfd) and unloads its model, and
-unloads idle models whose keep-alive has run out. Killing is always SIGKILL,
-as Ollama does with its runners.
+One runner child process per loaded model (see `runnerprocess.py`). A
+request whose runner options differ from the loaded runner's waits for that
+runner's requests to finish and reloads the model; a new runner gets the
+pretend VRAM that is free (idle models are evicted to make room, as Ollama
+does), and the rest of it goes to the CPU. A monitor thread notices at once
+when a runner exits (via a pidfd) and unloads its model, and unloads idle
+models whose keep-alive has run out. Killing is always SIGKILL, as Ollama
+does with its runners.
 """
 
 from __future__ import annotations
@@ -13,53 +17,22 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from typing import Callable
 
 from ollamad.testing.standin import log
-from ollamad.testing.standin.apitypes import RUNNER_TERMINATED, ApiError, ClientGone
+from ollamad.testing.standin.apitypes import LOAD_ABORTED, ClientGone
 from ollamad.testing.standin.catalog import Model
 from ollamad.testing.standin.config import Settings
-from ollamad.testing.standin.gotime import FOREVER_NS, NS_PER_S, rfc3339_nano
+from ollamad.testing.standin.gotime import FOREVER_NS, NS_PER_S
+from ollamad.testing.standin.memory import Placement, place
+from ollamad.testing.standin.runneroptions import RunnerOptions
+from ollamad.testing.standin.runnerprocess import LoadAborted, Runner
 
 _HAS_PIDFD = hasattr(os, "pidfd_open")
 # Longest the monitor sleeps: it also polls, in case a pidfd is unavailable.
 _MONITOR_TICK = 1.0 if _HAS_PIDFD else 0.2
-
-
-class Runner:
-    """A runner process and the bookkeeping of the model it holds."""
-
-    def __init__(self, model: Model, process: subprocess.Popen, vram: int,
-                 parallel: int, keep_alive_ns: int):
-        self.model = model
-        self.process = process
-        self.vram = vram
-        self.slots = threading.BoundedSemaphore(parallel)
-        self.keep_alive_ns = keep_alive_ns
-        self.refcount = 1
-        self.alive = True
-        self.idle_since = time.monotonic()
-        self.expires_at_ns = time.time_ns() + keep_alive_ns
-        self.expires_monotonic: float | None = None  # set while idle with a finite keep-alive
-        try:
-            self.pidfd: int | None = os.pidfd_open(process.pid) if _HAS_PIDFD else None
-        except OSError:
-            self.pidfd = None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def ps_entry(self) -> dict:
-        return {
-            "name": self.model.name, "model": self.model.name, "size": self.vram,
-            "digest": self.model.digest, "details": self.model.details(),
-            "expires_at": rfc3339_nano(self.expires_at_ns, local=True), "size_vram": self.vram,
-            "context_length": 2048,
-        }
 
 
 class RunnerPool:
@@ -76,25 +49,38 @@ class RunnerPool:
 
     # --- used by the scheduler -------------------------------------------------
 
-    def checkout(self, model: Model, keep_alive_ns: int | None,
+    def checkout(self, model: Model, options: RunnerOptions, keep_alive_ns: int | None,
                  cancelled: Callable[[], bool]) -> Runner:
-        """The runner holding `model`, loaded first if need be. Pair with `checkin`."""
+        """The runner holding `model` with these runner options, loaded (or reloaded) first
+        if need be. Pair with `checkin`. The caller serialises loads (the scheduler)."""
         keep_alive = self._settings.keep_alive_ns if keep_alive_ns is None else keep_alive_ns
         with self._cond:
             runner = self._loaded.get(model.name)
+            if runner is not None and options.reloads(runner.options):
+                self._wait_idle(runner, cancelled)
+                self._kill(runner, "runner options changed: reloading")
+                runner = None
             if runner is not None:
                 runner.refcount += 1
                 runner.keep_alive_ns = keep_alive
                 runner.expires_monotonic = None
                 return runner
-            self._make_room(cancelled)
-            runner = self._spawn(model, keep_alive)
-        if self._settings.load_time:
-            time.sleep(self._settings.load_time)  # a load runs to its end, like Ollama's
-        if not runner.alive:  # killed or crashed while loading
-            self.checkin(runner)
-            raise ApiError(500, RUNNER_TERMINATED)
-        log.info("server.go:594", f"llama runner started in {self._settings.load_time:.2f} seconds")
+            slots = model.slots(self._settings.num_parallel)
+            placement = self._make_room(model, options, slots, cancelled)
+            runner = Runner(model, options, placement, slots, keep_alive,
+                            self._settings.load_time, self._settings.runner_max_lifetime)
+            self._loaded[model.name] = runner
+            self._unreaped.append(runner)
+            self._wake_monitor()
+        try:
+            runner.wait_loaded(cancelled, self._settings.load_timeout_ns)
+        except LoadAborted:
+            log.event("WARN", "llama_server.go:1301", LOAD_ABORTED)
+            self._abandon(runner, "load aborted")
+            raise ClientGone() from None
+        except BaseException:
+            self._abandon(runner, "load failed")
+            raise
         return runner
 
     def checkin(self, runner: Runner):
@@ -141,12 +127,13 @@ class RunnerPool:
 
     def ps_entries(self) -> list[dict]:
         with self._cond:
-            runners = sorted(self._loaded.values(), key=lambda r: -r.expires_at_ns)
+            runners = sorted((r for r in self._loaded.values() if not r.loading),
+                             key=lambda r: -r.expires_at_ns)  # a loading model is not listed
             return [runner.ps_entry() for runner in runners]
 
     def runners(self) -> list[dict]:
         with self._cond:
-            return [{"model": r.model.name, "pid": r.pid} for r in self._loaded.values()]
+            return [runner.describe() for runner in self._loaded.values()]
 
     def kill_all(self, timeout: float):
         """SIGKILL every runner and reap it (what Ollama does on SIGTERM)."""
@@ -163,31 +150,32 @@ class RunnerPool:
 
     # --- internals (callers hold self._cond) ----------------------------------
 
-    def _spawn(self, model: Model, keep_alive_ns: int) -> Runner:
-        settings = self._settings
-        vram = settings.vram_per_model
-        if vram is None:
-            vram = model.size + model.size // 4  # weights plus KV cache, roughly
-        command = [sys.executable, "-m", "ollamad.testing.standin.runner",
-                   "--model", model.name, "--ctx-size", "2048",
-                   "--parallel", str(settings.num_parallel), "--vram", str(vram),
-                   "--max-lifetime", str(settings.runner_max_lifetime)]
-        log.info("server.go:376", "starting llama server", cmd=" ".join(command))
-        try:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.DEVNULL, close_fds=True)
-        except OSError as exc:
-            raise ApiError(500, f"error starting runner: {exc}") from None
-        runner = Runner(model, process, vram, settings.num_parallel, keep_alive_ns)
-        self._loaded[model.name] = runner
-        self._unreaped.append(runner)
-        self._wake_monitor()
-        return runner
+    def _abandon(self, runner: Runner, reason: str):
+        with self._cond:
+            runner.refcount -= 1
+            self._kill(runner, reason)
 
-    def _make_room(self, cancelled: Callable[[], bool]):
-        """Unload the least recently used idle model while too many are loaded."""
-        while len(self._loaded) >= self._settings.max_loaded_models:
+    def _wait_idle(self, runner: Runner, cancelled: Callable[[], bool]):
+        while runner.refcount > 0 and runner.alive:
+            if cancelled():
+                raise ClientGone()
+            self._cond.wait(0.1)
+
+    def _vram_free(self) -> int:
+        return self._settings.vram - sum(r.placement.size_vram for r in self._loaded.values())
+
+    def _make_room(self, model: Model, options: RunnerOptions, slots: int,
+                   cancelled: Callable[[], bool]) -> Placement:
+        """Unload least recently used idle models while too many are loaded, or while the
+        new one would fit on the GPU only without them; its placement once there is room."""
+        while True:
+            placement = place(model, options.num_ctx, slots, options.num_gpu, self._vram_free())
+            too_many = len(self._loaded) >= self._settings.max_loaded_models
+            crowded = placement.size_vram < min(placement.size, self._settings.vram) \
+                and options.num_gpu < 0
             idle = [r for r in self._loaded.values() if r.refcount == 0]
+            if not too_many and not (crowded and idle):
+                return placement
             if idle:
                 self._kill(min(idle, key=lambda r: r.idle_since), "making room")
             elif cancelled():

@@ -1,8 +1,10 @@
 """Ollama's scheduler, reduced to what clients can observe.
 
-- One scheduler serialises model loads. A request that finds it busy (another
-  request is loading a model) waits in a queue of at most `OLLAMA_MAX_QUEUE`;
-  one more gets 503 `server busy...`.
+- One scheduler serialises model loads (and reloads). A request that finds it
+  busy (another request is loading a model) waits in a queue of at most
+  `OLLAMA_MAX_QUEUE`; one more gets 503 `server busy...`. A load belongs to
+  the request that started it: its client leaving aborts it, and the next
+  request in the queue starts from zero.
 - Once it has its runner, a request waits for one of the runner's
   `OLLAMA_NUM_PARALLEL` slots with no bound and no timeout, as in Ollama —
   only its client going away ends the wait.
@@ -20,6 +22,7 @@ from ollamad.testing.standin.apitypes import (
     REQUEST_CANCELED, RUNNER_TERMINATED, SERVER_BUSY, ApiError, ClientGone)
 from ollamad.testing.standin.catalog import Model
 from ollamad.testing.standin.faults import FaultBook
+from ollamad.testing.standin.runneroptions import RunnerOptions
 from ollamad.testing.standin.runners import Runner, RunnerPool
 
 _POLL = 0.1  # seconds between checks that a waiting client is still there
@@ -34,7 +37,7 @@ class Scheduler:
         self._count_lock = threading.Lock()
         self._queued = 0
 
-    def checkout(self, model: Model, keep_alive_ns: int | None,
+    def checkout(self, model: Model, options: RunnerOptions, keep_alive_ns: int | None,
                  cancelled: Callable[[], bool]) -> Runner:
         """The runner for `model` (loaded if need be); give it back with `checkin`."""
         if self._faults.take("busy"):
@@ -45,7 +48,7 @@ class Scheduler:
             if self._faults.take("runner_terminated"):
                 self._pool.terminate_model(model)
                 raise ApiError(500, RUNNER_TERMINATED)
-            return self._pool.checkout(model, keep_alive_ns, cancelled)
+            return self._pool.checkout(model, options, keep_alive_ns, cancelled)
         finally:
             self._busy.release()
 

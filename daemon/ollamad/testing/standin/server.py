@@ -1,7 +1,9 @@
 """`ollamad stand-in`: start-up, signals and shutdown, in the order `ollama serve` has them.
 
 1. Bind the port (taken: `Error: listen tcp ...: bind: address already in use`, exit 1).
-2. Log `Listening on HOST:PORT (version 0.5.1)` with the real port.
+2. Log `Listening on HOST:PORT (version 0.33.0)` with the real port; a
+   wildcard host (`0.0.0.0`, `::` or none) listens dual-stack and logs
+   `[::]:PORT`, as Go does; `[::1]:PORT` for IPv6 loopback.
 3. Pretend GPU discovery for the start-up delay: TCP connects succeed, HTTP
    is not answered yet.
 4. Serve. SIGTERM/SIGINT (the first one; later ones are ignored) closes the
@@ -18,7 +20,12 @@ import time
 
 from ollamad.testing.standin import config, log
 from ollamad.testing.standin.api import App
+from ollamad.testing.standin.config import GIB
 from ollamad.testing.standin.httpserver import make_server
+from ollamad.testing.standin.memory import default_num_ctx
+
+
+_WILDCARDS = ("", "0.0.0.0", "::")
 
 
 class _ShutdownRequested(BaseException):
@@ -35,10 +42,11 @@ def _go_address(family: int, host: str, port: int) -> str:
 
 def _listen(settings: config.Settings) -> socket.socket:
     """A listening socket where Ollama would listen, or _BindError with Go's text."""
-    if settings.host == "":  # ":PORT" listens on every interface, IPv6 and IPv4
+    if settings.host in _WILDCARDS:  # every interface, IPv6 and IPv4, as Go listens
         candidates = [(socket.AF_INET6, ("::", settings.port)),
                       (socket.AF_INET, ("0.0.0.0", settings.port))]
-        shown = f":{settings.port}"
+        shown = f"[{settings.host}]:{settings.port}" if settings.host == "::" \
+            else f"{settings.host}:{settings.port}"  # Go names the address as it was given
     else:
         try:
             infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
@@ -52,7 +60,7 @@ def _listen(settings: config.Settings) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go does
-            if family == socket.AF_INET6 and settings.host == "":
+            if family == socket.AF_INET6 and settings.host in _WILDCARDS:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind(address)
             sock.listen(4096)
@@ -70,6 +78,7 @@ def _log_startup(settings: config.Settings, listener: socket.socket):
     log.info("routes.go:1259", "server config", env=(
         f"map[OLLAMA_HOST:{settings.host_url} OLLAMA_KEEP_ALIVE:{settings.keep_alive_ns}ns "
         f"OLLAMA_MAX_LOADED_MODELS:{settings.max_loaded_models} "
+        f"OLLAMA_CONTEXT_LENGTH:{settings.context_length} "
         f"OLLAMA_MAX_QUEUE:{settings.max_queue} OLLAMA_NUM_PARALLEL:{settings.num_parallel}]"))
     log.info("standin", "ollamad stand-in: pretending to be ollama serve",
              models=",".join(settings.models), token_delay=settings.token_delay,
@@ -85,6 +94,7 @@ class _Server:
         self._settings = settings
         self._listener = listener
         self._app: App | None = None
+        self._http = None
 
     def run(self):
         settings = self._settings
@@ -98,13 +108,22 @@ class _Server:
         self._app = App(settings)
         if delay:
             time.sleep(delay)
-        log.info("types.go:131", "inference compute", id="GPU-standin", library="cuda",
-                 variant="v12", compute="8.9", driver="12.4", name="Stand-in GPU",
-                 total="23.6 GiB", available="23.3 GiB")
-        make_server(self._listener, self._app).serve_forever(poll_interval=0.5)
+        if settings.vram:
+            log.info("types.go:131", "inference compute", id="GPU-standin", library="cuda",
+                     variant="v12", compute="8.9", driver="12.4", name="Stand-in GPU",
+                     total=f"{settings.vram / GIB:.1f} GiB", available=f"{settings.vram / GIB:.1f} GiB")
+        else:
+            log.info("types.go:131", "inference compute", id="cpu", library="cpu")
+        log.info("routes.go:2058", "vram-based default context",
+                 total_vram=f"{settings.vram / GIB:.1f} GiB",
+                 default_num_ctx=default_num_ctx(settings.vram))
+        self._http = make_server(self._listener, self._app)
+        self._http.serve_forever(poll_interval=0.5)
 
     def shutdown(self) -> int:
         self._listener.close()
+        if self._http is not None:
+            self._http.cut_connections()
         if self._app is not None:
             self._app.pool.kill_all(timeout=2.0)
         return 0

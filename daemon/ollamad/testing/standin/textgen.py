@@ -75,6 +75,18 @@ def answer(key: str, format_json: str | None) -> tuple[str, ...]:
     return tuple(tokenize(text))
 
 
+@lru_cache(maxsize=1024)
+def reasoning(key: str) -> tuple[str, ...]:
+    """The token pieces of what a thinking model thinks before it answers `key`."""
+    rng = _rng("thinking", key)
+    return tuple(tokenize(" ".join(_sentence(rng) + "." for _ in range(rng.randint(1, 3)))))
+
+
+def value_for(schema: dict, key: str) -> Any:
+    """A value matching the JSON `schema`, deterministic in `key` (tool call arguments)."""
+    return _SchemaValue(schema, _rng("value", key)).make(schema, depth=0)
+
+
 class _SchemaValue:
     """Builds a value that satisfies simple JSON schemas, the kind pydantic emits."""
 
