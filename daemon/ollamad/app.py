@@ -146,7 +146,6 @@ class Daemon:
             self._drain()
         except BaseException:
             log.exception("the I/O loop failed: stopping Ollama and exiting")
-            status = EX_SOFTWARE
             raise
         finally:
             # Every way out stops Ollama's whole tree: it runs in a session of

@@ -6,6 +6,7 @@ before anything reaches Ollama.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -51,10 +52,8 @@ class Limits:
 
     @classmethod
     def from_config(cls, config) -> "Limits":
-        return cls(max_message_bytes=config.max_message_bytes, max_batch=config.max_batch,
-                   max_embed_inputs=config.max_embed_inputs,
-                   max_reply_bytes=config.max_reply_bytes,
-                   max_queued_bytes=config.max_queued_bytes)
+        # Each limit is the config key of the same name.
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
     def advertised(self) -> dict[str, Any]:
         return {"max_message_bytes": self.max_message_bytes, "max_batch": self.max_batch,

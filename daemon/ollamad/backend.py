@@ -288,15 +288,12 @@ class OllamaBackend:
         url = self._base_url(ctx) + path
         timeout = min(self.policy.attempt_timeout, max(ctx.remaining(), 0.001))
         ctx.attempts += 1
+        with self._call(ctx):
+            response = self._session().get(url, timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
+        if response.status_code != 200:
+            raise classify_status(response.status_code, f"GET {path}: HTTP {response.status_code}")
         try:
-            with ctx.cancel.interrupting(interruptible.current_slot().interrupt):
-                response = self._session().get(url, timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
-            response.raise_for_status()
             return response.json()
-        except requests.Timeout:
-            ctx.check()
-            raise self._timeout_failure(timeout) from None
-        except (requests.RequestException, ValueError) as exc:
-            ctx.check()
-            raise OllamaFailure(ErrorCode.UNAVAILABLE, f"GET {path} failed: {exc}",
-                                retryable=True) from None
+        except ValueError:
+            raise OllamaFailure(ErrorCode.BACKEND_ERROR, f"GET {path}: the answer is not JSON",
+                                retryable=False) from None

@@ -58,7 +58,7 @@ def _serve(ns: argparse.Namespace) -> int:
     configure_logging(config.log_level)
 
     from ollamad.app import Daemon
-    from ollamad.serving.router import SocketInUse
+    from ollamad.serving.router import BindError
     from ollamad.supervisor import SupervisorError
 
     daemon = Daemon(config, reload_config=load)
@@ -67,7 +67,7 @@ def _serve(ns: argparse.Namespace) -> int:
     except SupervisorError as exc:
         print(f"ollamad: {exc}", file=sys.stderr)
         return EX_CONFIG
-    except SocketInUse as exc:
+    except BindError as exc:
         print(f"ollamad: {exc}", file=sys.stderr)
         return 1
     return daemon.run()

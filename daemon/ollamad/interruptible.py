@@ -46,7 +46,7 @@ def current_slot() -> ConnectionSlot:
 
 
 class _Tracking:
-    def _get_conn(self, timeout=None):  # noqa: D401 - urllib3's own hook
+    def _get_conn(self, timeout=None):  # urllib3's hook: a connection is handed out
         connection = super()._get_conn(timeout)  # type: ignore[misc]
         current_slot().connection = connection
         return connection

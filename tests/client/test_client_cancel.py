@@ -30,20 +30,24 @@ def assert_cancelled(fake, request) -> None:
     assert cancel.id != request.id  # a request of its own
 
 
+def read_one_then_end(stream, how: str) -> None:
+    """Take the first piece, then leave the stream by ``how``: close, with, garbage collection."""
+    if how == "with":
+        with stream:
+            assert next(stream) == "one "
+        return
+    assert next(stream) == "one "
+    if how == "close":
+        stream.close()
+    else:
+        del stream
+        gc.collect()
+
+
 @pytest.mark.parametrize("how", ["close", "with", "garbage collection"])
 def test_a_stream_ended_early_is_cancelled(client, fake, how):
     fake.handler = holding_generations(fake)
-    if how == "with":
-        with client.stream("forever") as stream:
-            assert next(stream) == "one "
-    else:
-        stream = client.stream("forever")
-        assert next(stream) == "one "
-        if how == "close":
-            stream.close()
-        else:
-            del stream
-            gc.collect()
+    read_one_then_end(client.stream("forever"), how)
     (request,) = fake.wait_for(1, op="generate")
     assert_cancelled(fake, request)
     # The daemon's answers to the cancel (the stream's "cancelled" reply and
@@ -132,13 +136,7 @@ def test_a_legacy_stream_ended_early_is_cancelled(fake, how):
     fake.handler = holding_generations(fake)
     legacy = OllamaClient(socket=fake.endpoint, request_timeout=5.0)
     try:
-        stream = legacy.stream("forever")
-        assert next(stream) == "one "
-        if how == "close":
-            stream.close()
-        else:
-            del stream
-            gc.collect()
+        read_one_then_end(legacy.stream("forever"), how)
         assert_cancelled(fake, fake.wait_for(1, op="generate")[0])
     finally:
         legacy.shutdown()

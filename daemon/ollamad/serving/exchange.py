@@ -61,8 +61,6 @@ class Exchange:
         self.route = route
         self.received_at = time.monotonic() if received_at is None else received_at
         self.deadline = self.received_at + request.timeout
-        #: When a worker started on it (the end of its queue wait).
-        self.started_at: float | None = None
         #: Bytes of the request message (for the daemon's bound on queued bytes).
         self.size = size
         #: Who may cancel it: the same connection, or on ipc the same uid.
@@ -89,18 +87,6 @@ class Exchange:
                 self._on_finish.append(callback)
                 return
         callback(self)
-
-    def begin(self) -> None:
-        """A worker starts on it: the queue wait ends."""
-        if self.started_at is None:
-            self.started_at = time.monotonic()
-
-    def timing(self) -> dict[str, float]:
-        """``response_time`` from receipt (queue wait included) and ``queue_wait``."""
-        now = time.monotonic()
-        started = self.started_at if self.started_at is not None else now
-        return {"response_time": round(now - self.received_at, 6),
-                "queue_wait": round(started - self.received_at, 6)}
 
     def _claim(self) -> bool:
         with self._lock:

@@ -128,8 +128,7 @@ class Dispatcher:
                 exchange.reject(error)
 
         def run() -> None:
-            started = time.monotonic()
-            exchange.begin()
+            started = time.monotonic()   # the end of this task's queue wait
             ctx = CallContext(deadline=exchange.deadline, cancel=exchange.cancel)
             if generation:
                 ctx.on_progress = self.progress.touch

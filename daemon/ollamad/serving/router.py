@@ -44,10 +44,6 @@ class BindError(RuntimeError):
     """The endpoint cannot be served (taken by another daemon, or not writable)."""
 
 
-#: The old name, which the CLI and tests know.
-SocketInUse = BindError
-
-
 class SendResult(enum.Enum):
     SENT = "sent"
     FULL = "full"        # the peer's queue is at its high-water mark: try later

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import time
 from contextlib import closing
-from typing import Any
 
 from ollamad.testing.standin import apitypes, gojson, textgen
 from ollamad.testing.standin.apitypes import MODEL_CRASHED, ApiError, not_found
 from ollamad.testing.standin.catalog import Catalog, Model
 from ollamad.testing.standin.config import Settings
 from ollamad.testing.standin.faults import FaultBook
-from ollamad.testing.standin.gotime import NS_PER_S, utc_now
+from ollamad.testing.standin.gotime import utc_now
 from ollamad.testing.standin.httpserver import JSON, Exchange
 from ollamad.testing.standin.memory import default_num_ctx
 from ollamad.testing.standin.runneroptions import RunnerOptions
