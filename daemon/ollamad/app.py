@@ -10,6 +10,8 @@ pinged only while every thread lives.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import resource
 import signal
@@ -46,6 +48,28 @@ EX_SOFTWARE = 70
 #: Descriptors kept in hand beyond client connections (Ollama's HTTP
 #: connections, pipes, the GPU library, log files), at least.
 MIN_SPARE_FILES = 256
+
+
+#: Allocations from this size on get pages of their own, returned on free.
+MMAP_THRESHOLD = 1024 * 1024
+#: mallopt()'s parameter for that threshold (malloc.h).
+M_MMAP_THRESHOLD = -3
+
+
+def return_large_buffers_to_the_system() -> bool:
+    """Fix glibc's mmap threshold, so that freed request buffers leave the process.
+
+    glibc raises the threshold to the size of each large block it frees (up
+    to 32 MiB), so after the first multi-megabyte request the next ones come
+    from the heap and their freed memory stays in the process: measured with
+    bench/hostile.py, RSS grew 140 MiB per 600 answered 3.5 MB requests, and
+    with a fixed threshold it levels off. A no-op where glibc is absent.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
 
 
 def raise_file_limit() -> int:
@@ -108,6 +132,7 @@ class Daemon:
     def bind(self) -> str:
         """Check Ollama's command and bind the socket; errors stop start-up."""
         self.supervisor.check_command()
+        return_large_buffers_to_the_system()
         files = raise_file_limit()
         self.requests.max_connections = connection_limit(self.config.max_connections, files)
         if self.requests.max_connections < self.config.max_connections:

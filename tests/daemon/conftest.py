@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import tempfile
@@ -67,10 +68,13 @@ class DaemonUnderTest:
         self.args = args
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "DaemonUnderTest":
+    def start(self, open_files: int | None = None) -> "DaemonUnderTest":
+        """``open_files``: the daemon's open-file limit, soft and hard (as LimitNOFILE= sets)."""
         log = open(self.log_path, "ab")
+        limit = None if open_files is None else \
+            (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files)))
         self.process = self.reaper.python("-m", "ollamad", "serve", *self.args, env=self.env,
-                                          stdout=log, stderr=subprocess.STDOUT)
+                                          stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit)
         log.close()
         return self
 
@@ -186,10 +190,11 @@ def daemon_factory(reaper, short_tmp):
     made: list[DaemonUnderTest] = []
 
     def make(config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-             args: list[str] | None = None, ready: bool = True, name: str = "d") -> DaemonUnderTest:
+             args: list[str] | None = None, ready: bool = True, name: str = "d", *,
+             open_files: int | None = None) -> DaemonUnderTest:
         directory = short_tmp / f"{name}{len(made)}"
         directory.mkdir()
-        daemon = DaemonUnderTest(reaper, directory, config or {}, env, args or []).start()
+        daemon = DaemonUnderTest(reaper, directory, config or {}, env, args or []).start(open_files)
         made.append(daemon)
         if ready:
             daemon.wait_ready()

@@ -6,6 +6,7 @@ was asked and is still doing) or the daemon's, never only "still alive".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -18,8 +19,8 @@ from ollamad_client import OllamadError, protocol
 SLOW = {"OLLAMAD_STANDIN_TOKEN_DELAY": "0.3"}   # a generation takes several seconds
 
 
-def dealer(endpoint: str) -> zmq.Socket:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+def dealer(endpoint: str, context: zmq.Context | None = None) -> zmq.Socket:
+    sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     return sock
@@ -281,3 +282,72 @@ def test_connections_past_the_limit_are_refused_and_the_daemon_stays_up(daemon_f
         wait_for(lambda: client.status()["daemon"]["connections"]["open"] <= 2, 5,
                  "the connections to close")
         assert client.generate("still serving", max_tokens=4)["text"]
+
+
+def _raise_own_file_limit(needed: int) -> None:
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"needs {needed} open files, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+@contextlib.contextmanager
+def many_sockets(count: int):
+    """A context that may hold ``count`` sockets (libzmq's default is 1023); all closed after."""
+    context = zmq.Context()
+    context.set(zmq.MAX_SOCKETS, count + 64)
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)
+
+
+def _pings(context: zmq.Context, endpoint: str, count: int,
+           timeout: float = 30.0) -> tuple[list[zmq.Socket], int]:
+    """``count`` connections, each sending one ping; the sockets and how many were answered."""
+    socks = [dealer(endpoint, context) for _ in range(count)]
+    poller = zmq.Poller()
+    for i, sock in enumerate(socks):
+        send(sock, f"p{i}", "ping")
+        poller.register(sock, zmq.POLLIN)
+    answered: set[int] = set()
+    index = {sock: i for i, sock in enumerate(socks)}
+    deadline = time.monotonic() + timeout
+    while len(answered) < count and time.monotonic() < deadline:
+        for sock, _ in poller.poll(200):
+            reply = protocol.decode_reply(sock.recv())
+            if reply.result and reply.result.get("protocol") == 1:
+                answered.add(index[sock])
+                poller.unregister(sock)
+    return socks, len(answered)
+
+
+def test_two_thousand_connections_are_served_under_the_units_file_limit(daemon_factory):
+    import resource
+    _raise_own_file_limit(8192)
+    # The shipped unit's LimitNOFILE=65536, or the most this sandbox allows.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    daemon = daemon_factory(open_files=65536 if hard == resource.RLIM_INFINITY
+                            else min(65536, hard))
+    with many_sockets(2000) as context:
+        socks, answered = _pings(context, daemon.socket, 2000)
+        assert answered == 2000
+        with daemon.client() as client:
+            assert client.status()["daemon"]["connections"]["open"] >= 2000
+
+
+def test_a_low_file_limit_lowers_max_connections_and_refuses_instead_of_aborting(daemon_factory):
+    # libzmq aborts the process when accept() meets EMFILE: with 512 files
+    # the daemon keeps 256 in hand and serves 256 connections at most.
+    _raise_own_file_limit(4096)
+    daemon = daemon_factory(open_files=512)
+    with many_sockets(600) as context:
+        socks, answered = _pings(context, daemon.socket, 600, timeout=3.0)
+        assert 0 < answered <= 256
+        assert daemon.process.poll() is None
+        assert "max_connections lowered to 256" in daemon.log()
+    with daemon.client() as client:
+        status = client.status()["daemon"]
+        assert status["connections"]["refused"] > 0 and status["files"]["limit"] == 512
