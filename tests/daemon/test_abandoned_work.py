@@ -126,13 +126,18 @@ def test_requests_queued_for_a_vanished_client_never_reach_ollama(daemon_factory
     assert not [p for p in prompts if p and p.startswith("never")]
 
 
-def test_restart_is_answered_while_every_worker_is_stuck_and_the_queue_full(daemon_factory):
+def test_restart_is_answered_while_every_worker_is_stuck_and_the_queue_full(daemon_factory,
+                                                                            wait_for):
     daemon = daemon_factory({"workers": 1, "queue_size": 1, "ollama": {"probe_interval": 60.0}})
+    daemon.quiesce()   # the start-up probe must not be the generation that hangs
     daemon.set_fault("hang")
     sock = dealer(daemon.socket)
     try:
         send(sock, "stuck", "generate", prompt="hangs")
+        wait_for(lambda: in_flight(daemon) == 1, 10, "the only worker to hang in Ollama")
         send(sock, "waits", "generate", prompt="queued")
+        with daemon.client() as client:
+            wait_for(lambda: client.status()["daemon"]["queue_depth"] == 1, 5, "the full queue")
         send(sock, "refused", "generate", prompt="no room")
         assert final(sock, "refused").error.code.value == "busy"
         send(sock, "admin", "restart", reason="workers stuck")
@@ -191,6 +196,7 @@ def test_response_time_counts_the_queue_wait(daemon_factory, wait_for):
 def test_a_batch_gets_in_while_single_requests_are_queued(daemon_factory, wait_for):
     daemon = daemon_factory({"workers": 1, "queue_size": 4, "max_batch": 64,
                              "ollama": {"probe_interval": 60.0}})
+    daemon.quiesce()   # the one hang must catch "stuck", not the start-up probe
     daemon.set_fault("hang", count=1)
     sock = dealer(daemon.socket)
     try:
