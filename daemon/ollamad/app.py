@@ -30,6 +30,7 @@ from ollamad.logsetup import set_level
 from ollamad.metrics import Metrics
 from ollamad.notify import Notifier, format_status
 from ollamad.pool import ProgressTracker, WorkerPool
+from ollamad.ollama.loads import Loads
 from ollamad.retry import OllamaFailure, RetryPolicy
 from ollamad.serving import admin
 from ollamad.serving.introspection import Introspection
@@ -100,8 +101,12 @@ class Daemon:
         self.progress = ProgressTracker()
         self.outbox = Outbox()
         self._status_changed = False
-        self.supervisor = Supervisor(config, progress=self.progress, on_change=self._on_supervisor_change)
-        self.backend = OllamaBackend(self.supervisor, RetryPolicy.from_config(config))
+        self.supervisor = Supervisor(config, progress=self.progress,
+                                     loading=lambda model: self.loads.loading(model),
+                                     on_change=self._on_supervisor_change)
+        self.loads = Loads(lambda: self.supervisor.url, lambda: self.supervisor.run_id,
+                           config.ollama.load_timeout)
+        self.backend = OllamaBackend(self.supervisor, RetryPolicy.from_config(config), self.loads)
         self.pool = WorkerPool(config.workers, config.queue_size)
         self.gpu_monitor = GpuMonitor(config.gpu.poll_interval, self.supervisor.ollama_pids,
                                       nvml=config.gpu.nvml_module)
@@ -109,7 +114,7 @@ class Daemon:
         self.requests = OpenRequests(config.max_connections)
         self.dispatcher = Dispatcher(
             pool=self.pool, backend=self.backend, metrics=self.request_metrics, progress=self.progress,
-            introspection=self, defaults=self._defaults(config), limits=Limits.from_config(config),
+            introspection=self, defaults=GenerationDefaults.from_config(config), limits=Limits.from_config(config),
             requests=self.requests)
         self.report = Introspection(
             config=lambda: self.config, supervisor=self.supervisor, pool=self.pool,
@@ -122,10 +127,6 @@ class Daemon:
         self._context: zmq.Context | None = None
         self._loop: IOLoop | None = None
         self._next_policy_check = 0.0
-
-    @staticmethod
-    def _defaults(config: Config) -> GenerationDefaults:
-        return GenerationDefaults(model=config.model, max_tokens_cap=config.max_tokens_cap)
 
     # -- lifecycle --------------------------------------------------------
 
@@ -231,7 +232,8 @@ class Daemon:
         changed = config_mod.changed_keys(self.config, new)
         pending_ollama = self.supervisor.reconfigure(new)
         self.backend.policy = RetryPolicy.from_config(new)
-        self.dispatcher.defaults = self._defaults(new)
+        self.loads.load_timeout = new.ollama.load_timeout
+        self.dispatcher.defaults = GenerationDefaults.from_config(new)
         self.dispatcher.limits = Limits.from_config(new)
         self.gpu_monitor.interval = new.gpu.poll_interval
         self.leak_policy = VramLeakPolicy(new.gpu.leak_threshold_bytes or None, new.gpu.leak_duration)

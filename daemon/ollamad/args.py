@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from ollamad.ollama.runner import RunnerPolicy
 from ollamad.retry import OllamaFailure
 from ollamad_client import protocol
 from ollamad_client.protocol import ErrorCode
@@ -38,6 +39,14 @@ def _typed(args: Mapping[str, Any], key: str, types: tuple[type, ...], what: str
 class GenerationDefaults:
     model: str
     max_tokens_cap: int
+    #: How long Ollama keeps a model after a request that does not say (``ollama.keep_alive``).
+    keep_alive: str = "30m"
+    runner: RunnerPolicy = RunnerPolicy()
+
+    @classmethod
+    def from_config(cls, config) -> "GenerationDefaults":
+        return cls(model=config.model, max_tokens_cap=config.max_tokens_cap,
+                   keep_alive=config.ollama.keep_alive, runner=RunnerPolicy.from_config(config))
 
 
 @dataclass(frozen=True)
@@ -84,9 +93,10 @@ def _options(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[str,
 
 
 def _common_body(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[str, Any]:
+    model = _typed(args, "model", (str,), "a string") or defaults.model
     body: dict[str, Any] = {
-        "model": _typed(args, "model", (str,), "a string") or defaults.model,
-        "options": _options(args, defaults),
+        "model": model,
+        "options": defaults.runner.apply(model, _options(args, defaults)),
         "stream": True,
     }
     fmt = _typed(args, "format", (str, dict), '"json" or a JSON schema object')
@@ -95,8 +105,8 @@ def _common_body(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[
     if fmt is not None:
         body["format"] = fmt
     keep_alive = _typed(args, "keep_alive", (str, int, float), "a duration string or seconds")
-    if keep_alive is not None:
-        body["keep_alive"] = keep_alive
+    # Always said: the daemon knows then how long the model stays (ollamad.ollama.loads).
+    body["keep_alive"] = defaults.keep_alive if keep_alive is None else keep_alive
     return body
 
 
@@ -186,8 +196,11 @@ def embed_body(args: Mapping[str, Any], defaults: GenerationDefaults,
         # what grows (4,000 inputs made a 154 MB reply).
         raise OllamaFailure(ErrorCode.TOO_LARGE, f"'input' must hold 1 to {max_inputs} strings "
                             f"(max_embed_inputs); split longer lists", retryable=False)
-    body: dict[str, Any] = {"model": _typed(args, "model", (str,), "a string") or defaults.model,
-                            "input": value}
+    model = _typed(args, "model", (str,), "a string") or defaults.model
+    body: dict[str, Any] = {"model": model, "input": value}
+    options = defaults.runner.configured(model)
+    if options:   # runner options are part of a loaded embedding model too
+        body["options"] = options
     keep_alive = _typed(args, "keep_alive", (str, int, float), "a duration string or seconds")
     if keep_alive is not None:
         body["keep_alive"] = keep_alive

@@ -2,8 +2,14 @@
 
 Generation always *streams* from Ollama, whatever the client asked for:
 each chunk is evidence of progress (the supervisor's hang rule needs it),
-and the per-attempt time-out then bounds the gap *between* chunks, so a long
-generation that keeps producing is never cut off while a wedged one is.
+and the per-attempt time-out bounds the gap *between* chunks once the first
+has come, so a long generation that keeps producing is never cut off while
+one that stalls is. Before the first chunk Ollama may be waiting for a slot
+or reading a long prompt, which can take long on a busy GPU: that wait is
+bounded by the request's deadline and by the supervisor's hang rule, not by
+the per-attempt time-out. The model itself is loaded first, on a
+connection of its own that no request's time-out cuts
+(:mod:`ollamad.ollama.loads`).
 
 Every call can be cut from another thread: while it runs, the request's
 :class:`~ollamad.cancellation.Cancellation` holds an interrupt that shuts
@@ -31,7 +37,8 @@ import requests
 from ollamad import interruptible
 from ollamad.args import GenerationCall
 from ollamad.cancellation import Cancellation
-from ollamad.retry import OllamaFailure, RetryPolicy
+from ollamad.ollama.loads import Loads
+from ollamad.retry import OllamaFailure, RetryPolicy, classify_status
 from ollamad_client.protocol import ErrorCode
 
 #: Connection set-up must be quick on loopback; a slow connect means trouble.
@@ -47,6 +54,11 @@ class OllamaEndpoint(Protocol):
 
     @property
     def url(self) -> str | None: ...
+
+    @property
+    def run_id(self) -> int:
+        """Which start of Ollama this is: it changes with every (re)start."""
+        ...
 
     def wait_running(self, deadline: float) -> bool: ...
 
@@ -65,6 +77,8 @@ class CallContext:
     cancel: Cancellation = field(default_factory=Cancellation)
     on_chunk: Callable[[str], None] | None = None   # streams text to the client
     on_progress: Callable[[], None] = lambda: None  # a chunk arrived from Ollama
+    #: What the request waits for now (a model load), for the time-out's message; None: done.
+    waiting: Callable[[str | None], None] = lambda what: None
     #: HTTP calls made to Ollama (none when the request never got that far).
     attempts: int = 0
 
@@ -80,18 +94,6 @@ class CallContext:
         if self.remaining() <= 0:
             raise OllamaFailure(ErrorCode.TIMEOUT, f"the request's deadline passed while "
                                 f"waiting for {waiting_for}", retryable=False)
-
-
-def classify_status(status: int, message: str) -> OllamaFailure:
-    """Turn an HTTP error answer from Ollama into a failure with a retry verdict."""
-    if status == 404 and "not found" in message:
-        return OllamaFailure(ErrorCode.MODEL_NOT_FOUND, message, retryable=False)
-    # Ollama answers a wrongly typed option with a 500, but no retry can fix it.
-    if status == 500 and message.startswith('option "'):
-        return OllamaFailure(ErrorCode.BAD_REQUEST, message, retryable=False)
-    if 400 <= status < 500 and status not in (408, 429, 499):
-        return OllamaFailure(ErrorCode.BAD_REQUEST, message, retryable=False)
-    return OllamaFailure(ErrorCode.BACKEND_ERROR, message, retryable=True)
 
 
 def read_body(response: requests.Response, limit: int) -> bytes:
@@ -129,9 +131,10 @@ def _is_read_timeout(exc: requests.RequestException) -> bool:
 class OllamaBackend:
     """Calls Ollama with retries. Safe to call from many worker threads."""
 
-    def __init__(self, endpoint: OllamaEndpoint, policy: RetryPolicy):
+    def __init__(self, endpoint: OllamaEndpoint, policy: RetryPolicy, loads: Loads):
         self._endpoint = endpoint
         self.policy = policy  # replaced whole on reload (an immutable value)
+        self.loads = loads
         self._local = threading.local()
 
     # -- plumbing ---------------------------------------------------------
@@ -158,7 +161,16 @@ class OllamaBackend:
         policy = self.policy
         for try_ in policy.retrying(ctx.deadline, ctx.cancel):
             with try_:
-                return attempt()
+                run = self._endpoint.run_id
+                try:
+                    return attempt()
+                except OllamaFailure as failure:
+                    # Cut because the supervisor is restarting Ollama (it is not RUNNING,
+                    # or a new one is): not the request's fault, so it is not counted.
+                    failure.forgiven = failure.connection and (
+                        self._endpoint.run_id != run
+                        or not self._endpoint.wait_running(time.monotonic()))
+                    raise
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
     @contextlib.contextmanager
@@ -182,11 +194,18 @@ class OllamaBackend:
             raise OllamaFailure(ErrorCode.UNAVAILABLE, f"cannot reach Ollama: {exc}",
                                 retryable=True, connection=True) from None
 
-    def _post(self, ctx: CallContext, path: str, body: Mapping[str, Any]) -> requests.Response:
-        """POST and return the streamed answer (status 200), or raise the failure."""
+    def _post(self, ctx: CallContext, path: str, body: Mapping[str, Any], *,
+              first_chunk_waits: bool = False) -> requests.Response:
+        """POST and return the streamed answer (status 200), or raise the failure.
+
+        ``first_chunk_waits``: the wait for the answer is bounded by the deadline only
+        (a generation: see the module docstring); else also by the per-attempt time-out.
+        """
         ctx.check()
         url = self._base_url(ctx) + path
-        read_timeout = min(self.policy.attempt_timeout, max(ctx.remaining(), 0.001))
+        read_timeout = max(ctx.remaining(), 0.001)
+        if not first_chunk_waits:
+            read_timeout = min(self.policy.attempt_timeout, read_timeout)
         ctx.attempts += 1
         with self._call(ctx):
             try:
@@ -210,10 +229,17 @@ class OllamaBackend:
                              f"Ollama sent nothing for {seconds:.1f} s", retryable=True)
 
     def _lines(self, ctx: CallContext, response: requests.Response) -> Iterator[dict]:
-        """The NDJSON objects of a streamed answer, honouring cancel and deadline."""
+        """The NDJSON objects of a streamed answer, honouring cancel and deadline.
+
+        From the first object on, each next one must come within the per-attempt time-out.
+        """
+        paced = False
         try:
             with self._call(ctx, reading=True):
                 for line in response.iter_lines(chunk_size=None):
+                    if not paced:
+                        interruptible.current_slot().set_read_timeout(self.policy.attempt_timeout)
+                        paced = True
                     ctx.check()
                     if not line:
                         continue
@@ -235,7 +261,9 @@ class OllamaBackend:
         started = time.monotonic()
 
         def attempt() -> dict[str, Any]:
-            response = self._post(ctx, call.path, call.body)
+            self._base_url(ctx)   # Ollama is RUNNING (waited for within the deadline)
+            self.loads.ensure(call.body, ctx)
+            response = self._post(ctx, call.path, call.body, first_chunk_waits=True)
             pieces: list[str] = []
             final: dict | None = None
             # Read to the end even after the final chunk: a body left unread
@@ -260,6 +288,7 @@ class OllamaBackend:
                 # Pieces the client already has would be repeated by a retry.
                 failure.streamed = bool(pieces) and ctx.on_chunk is not None
                 raise
+            self.loads.used(call.body)
             return call.result("".join(pieces), final, ctx.attempts, time.monotonic() - started)
 
         return self._with_retries(ctx, attempt)

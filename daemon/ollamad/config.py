@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ollamad.configspec import (ENV_PREFIX, Applies, ConfigError, Key, Rule, check_ranges,
-                                coerce, example_lines, keys, setting, toml_value)
+                                coerce, example_lines, keys, setting, table, toml_value)
+from ollamad.ollama import names, runner
 from ollamad_client.protocol import DEFAULT_MAX_MESSAGE_BYTES, MAX_TIMEOUT
 
 __all__ = ["Config", "ConfigError", "GpuSettings", "OllamaSettings", "load", "example_toml",
@@ -56,7 +57,18 @@ class OllamaSettings:
     restart_command: str = setting("", "external mode: the command that restarts Ollama "
                                    "(empty: only report failures)")
     num_parallel: int = setting(0, "OLLAMA_NUM_PARALLEL for a spawned Ollama; 0 means the "
-                                "worker count", low=0, high=1024, applies=OLLAMA)
+                                "worker count plus one slot kept free for the inference probe",
+                                low=0, high=1024, applies=OLLAMA)
+    context_length: int = setting(4096, "num_ctx of every model, in tokens (also "
+                                  "OLLAMA_CONTEXT_LENGTH for a spawned Ollama); its KV cache "
+                                  "takes this times the slots; 0 leaves Ollama's own size "
+                                  "(4k to 256k by VRAM)", low=0, high=1 << 22)
+    load_timeout: float = setting(300.0, "seconds a model load may take (also "
+                                  "OLLAMA_LOAD_TIMEOUT for a spawned Ollama); a request's "
+                                  "time-out never cuts a load", above=0, high=86400)
+    client_runner_options: bool = setting(False, "let clients set runner options (num_ctx, "
+                                          "num_gpu, ...) other than the configured ones; each "
+                                          "change reloads the model: for single-tenant hosts")
     startup_timeout: float = setting(60.0, "seconds Ollama may take to answer GET / after a "
                                      "start", above=0, high=3600)
     stop_grace: float = setting(10.0, "seconds between SIGTERM and SIGKILL when stopping Ollama",
@@ -139,6 +151,11 @@ class Config:
     log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
     ollama: OllamaSettings = setting(OllamaSettings, "Ollama")
     gpu: GpuSettings = setting(GpuSettings, "GPU")
+    #: Canonical model name -> runner options (:mod:`ollamad.ollama.runner`).
+    runner_options: dict = table(
+        "runner options per model; every request for the model carries them, and a client "
+        "asking for others is refused (see ollama.client_runner_options)",
+        ['[runner_options."llama3.1:8b"]', "num_ctx = 8192", "num_batch = 512"])
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -180,6 +197,9 @@ def _apply(config: Config, values: Mapping[str, Any], from_text: bool,
     changes: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {}
     for name, value in values.items():
+        if name == "runner_options":
+            changes[name] = _runner_options(value, where)
+            continue
         if name in _SECTIONS:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{name}: expected a table")
@@ -198,6 +218,29 @@ def _apply(config: Config, values: Mapping[str, Any], from_text: bool,
     for name, sub_changes in sections.items():
         changes[name] = dataclasses.replace(getattr(config, name), **sub_changes)
     return dataclasses.replace(config, **changes)
+
+
+def _runner_options(value: Any, where: Mapping[str, str] | str) -> dict[str, dict[str, Any]]:
+    """``[runner_options."MODEL"]`` tables, keyed by canonical model name."""
+    if not isinstance(value, Mapping) or not isinstance(where, str):
+        raise ConfigError('runner_options: expected tables such as [runner_options."llama3.1:8b"] '
+                          "(in the config file)")
+    tables: dict[str, dict[str, Any]] = {}
+    for model, options in value.items():
+        canonical = names.canonical(model)
+        if canonical is None:
+            raise ConfigError(f"runner_options.{model!r}: not a valid model name ({where})")
+        if canonical in tables:
+            raise ConfigError(f"runner_options.{model!r}: {canonical} is configured twice ({where})")
+        if not isinstance(options, Mapping):
+            raise ConfigError(f'runner_options.{model!r}: expected a table [runner_options."{model}"]')
+        for option, setting_value in options.items():
+            problem = runner.check_option(option, setting_value)
+            if problem:
+                raise ConfigError(f"runner_options.{model!r}.{option}: {problem}, got "
+                                  f"{setting_value!r} ({where})")
+        tables[canonical] = dict(options)
+    return tables
 
 
 def _environment_values(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -268,4 +311,8 @@ def example_toml() -> str:
     lines = ["# ollamad configuration. Every key is optional; shown are the defaults.",
              "# Environment variables OLLAMAD_<KEY> / OLLAMAD_<SECTION>_<KEY> override",
              "# this file, and command-line flags override both."]
-    return "\n".join(lines + example_lines(all_keys())) + "\n"
+    lines += example_lines(all_keys())
+    for f in dataclasses.fields(Config):   # tables last: in TOML, keys after a table are its own
+        if "table" in f.metadata:
+            lines += ["", f"# {f.metadata['table']}"] + [f"# {line}" for line in f.metadata["example"]]
+    return "\n".join(lines) + "\n"

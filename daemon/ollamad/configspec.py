@@ -77,6 +77,15 @@ def setting(default: Any, doc: str, **spec: Any) -> Any:
     return field(default=default, metadata={"spec": Spec(doc, **spec)})
 
 
+def table(doc: str, example: list[str]) -> Any:
+    """A config field of named tables (``[NAME."entry"]`` in TOML), checked by its own parser.
+
+    Tables come from the file only (no environment variables); ``example`` is
+    shown, commented out, in the example file.
+    """
+    return field(default_factory=dict, metadata={"table": doc, "example": example})
+
+
 @dataclass(frozen=True)
 class Rule:
     """A constraint between keys: ``holds(config)`` must be true."""
@@ -113,7 +122,7 @@ def keys(cls: type, sections: dict[str, type]) -> Iterator[Key]:
     """Every setting of ``cls`` and its sections, in declaration order."""
     for section, holder in [(None, cls), *sections.items()]:
         for f in fields(holder):
-            if section is None and f.name in sections:
+            if (section is None and f.name in sections) or "table" in f.metadata:
                 continue
             kind = _TYPES[f.type] if isinstance(f.type, str) else f.type
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]

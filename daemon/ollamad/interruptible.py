@@ -27,6 +27,16 @@ class ConnectionSlot:
     def __init__(self) -> None:
         self.connection = None
 
+    def set_read_timeout(self, seconds: float) -> None:
+        """From now on, each read of the call in progress may wait ``seconds`` (a streamed
+        answer's pace once it has begun; urllib3 sets the timeout only when it sends)."""
+        sock = getattr(self.connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.settimeout(seconds)
+            except OSError:
+                pass  # closed under us: the read fails on its own
+
     def interrupt(self) -> None:
         connection = self.connection
         sock = getattr(connection, "sock", None)

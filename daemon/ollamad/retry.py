@@ -6,6 +6,11 @@ failure, :attr:`OllamaFailure.retryable`). Backoff is exponential
 it never overruns the request's deadline: when the next wait would end past
 the deadline, retrying stops and the last failure is the answer.
 
+An attempt cut because ollamad restarted Ollama under it (a wedge, a
+crash) is *forgiven*: it does not count against ``max_attempts``, so the
+requests caught by a wedge are retried on the new Ollama for as long as
+their deadlines allow.
+
 Backoff is for an Ollama that is up but overloaded (503 "server busy"). When
 the connection itself failed (Ollama died or is restarting) the wait is a
 short ``reconnect_delay`` instead: the next attempt first waits for the
@@ -36,6 +41,9 @@ class OllamaFailure(Exception):
         self.retryable = retryable
         #: The connection to Ollama failed (refused, reset, cut mid-stream).
         self.connection = connection
+        #: The attempt was cut because ollamad restarted Ollama (a wedge, a crash): it does
+        #: not count against ``max_attempts``, only against the deadline.
+        self.forgiven = False
         #: Chunks of this attempt already reached the client: a retry would
         #: repeat them, so the failure is final.
         self.streamed = streamed
@@ -77,9 +85,14 @@ class RetryPolicy:
             return (isinstance(exc, OllamaFailure) and exc.retryable and not exc.streamed
                     and not cancel.is_set())
 
+        forgiven = 0
+
         def should_stop(state: tenacity.RetryCallState) -> bool:
+            nonlocal forgiven
+            if getattr(state.outcome.exception() if state.outcome else None, "forgiven", False):
+                forgiven += 1
             upcoming = state.upcoming_sleep or 0.0
-            return (state.attempt_number >= self.max_attempts
+            return (state.attempt_number - forgiven >= self.max_attempts
                     or clock() + upcoming >= deadline or cancel.is_set())
 
         return tenacity.Retrying(
@@ -90,3 +103,15 @@ class RetryPolicy:
             sleep=cancel.wait,
             reraise=True,
         )
+
+
+def classify_status(status: int, message: str) -> OllamaFailure:
+    """Turn an HTTP error answer from Ollama into a failure with a retry verdict."""
+    if status == 404 and "not found" in message:
+        return OllamaFailure(ErrorCode.MODEL_NOT_FOUND, message, retryable=False)
+    # Ollama answers a wrongly typed option with a 500, but no retry can fix it.
+    if status == 500 and message.startswith('option "'):
+        return OllamaFailure(ErrorCode.BAD_REQUEST, message, retryable=False)
+    if 400 <= status < 500 and status not in (408, 429, 499):
+        return OllamaFailure(ErrorCode.BAD_REQUEST, message, retryable=False)
+    return OllamaFailure(ErrorCode.BACKEND_ERROR, message, retryable=True)

@@ -40,7 +40,8 @@ def _toml(values: dict[str, Any], section: str | None = None) -> str:
     lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if not isinstance(v, dict)]
     for k, v in values.items():
         if isinstance(v, dict):
-            lines.append(_toml(v, k))
+            name = k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else toml_value(k)
+            lines.append(_toml(v, f"{section}.{name}" if section else name))
     return "\n".join(lines) + "\n"
 
 

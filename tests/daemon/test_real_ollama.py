@@ -1,23 +1,24 @@
-"""How the daemon fails against an Ollama that behaves like v0.33 (the stand-in now does).
+"""The daemon against an Ollama that behaves like v0.33 (the stand-in does): loads,
+runner options, model names.
 
-Known failures, each to be fixed by issue 12 (hence strict xfail: a fix
-makes them pass and the mark must go):
-
-- Ollama aborts a load whose client went away, and the daemon's per-attempt
-  time-out also bounds the wait for the first chunk: a load longer than it is
-  cut, and every retry starts the load from zero. The warm-up hides this for
-  the configured model's first load only (not other models, reloads, or a
-  load after the keep-alive ran out), so these tests turn it off.
-- Runner options (num_ctx, ...) are part of a loaded runner: a client's
-  num_ctx, then the daemon's own probe without one, reload the model each
-  time.
-- /api/ps names always carry a tag (`llama3:latest`), so a configured
-  `llama3` is never seen as loaded and an idle wedge goes unnoticed.
+- Ollama aborts a load whose client went away: the daemon loads models on a
+  connection of its own that no request's time-out cuts, and requests wait
+  for the load within their own deadlines.
+- Runner options (num_ctx, ...) are part of a loaded runner: the daemon sends
+  the configured ones with every request, its probe included, and refuses a
+  client's differing ones, so nothing reloads the model behind the others'
+  backs.
+- /api/ps names always carry a tag (`llama3:latest`): a configured `llama3`
+  is the same model.
 """
 
 from __future__ import annotations
 
+import time
+
 import pytest
+
+from ollamad_client import OllamadError
 
 FAST_PROBES = {"probe_interval": 0.2, "probe_timeout": 0.5, "inference_probe_timeout": 0.5,
                "hang_after": 1.0, "restart_backoff_initial": 0.1}
@@ -27,34 +28,76 @@ def runner_pids(daemon) -> list[int]:
     return [runner["pid"] for runner in daemon.standin_state()["runners"]]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: the 10 s attempt time-out cuts a 15 s load, "
-                                       "Ollama aborts it, and each retry starts it again")
-def test_a_model_that_loads_for_15_s_is_served_with_the_default_timeouts(daemon_factory):
+def test_a_15_s_load_is_never_cut_by_a_request_and_happens_once(daemon_factory):
+    # The default attempt time-out (10 s) and attempts; no warm-up, so the first
+    # request meets the whole 15 s load.
     daemon = daemon_factory({"attempt_timeout": 10.0, "max_attempts": 3,
-                             "ollama": {"warm_model": False}},
+                             "ollama": {"warm_model": False, "probe_interval": 60.0}},
                             env={"OLLAMAD_STANDIN_LOAD_TIME": "15"})
+    started = time.monotonic()
     with daemon.client(timeout=30.0) as client:
-        result = client.generate("hello", timeout=22.0)  # room for one 15 s load, not two
-    assert result["text"] and result["load_duration_ns"] >= 15e9
+        with pytest.raises(OllamadError) as impatient:
+            client.generate("in a hurry", timeout=5.0)
+        assert impatient.value.code.value == "timeout"
+        assert "load" in impatient.value.message and "goes on" in impatient.value.message
+        # The request gave up; the load did not. A request with the default deadline,
+        # sent now, waits for that same load and is served.
+        result = client.generate("patient", timeout=22.0)
+        loaded_at = time.monotonic()
+        assert result["text"] and loaded_at - started >= 14.0
+        assert daemon.standin_state()["loads"] == {"started": 1, "aborted": 0}
+        # And the next request finds the model loaded.
+        again = client.generate("and again")
+        assert again["text"] and again["load_duration_ns"] < 1e9
+        assert time.monotonic() - loaded_at < 3.0
+    assert daemon.standin_state()["loads"] == {"started": 1, "aborted": 0}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: a client's num_ctx and the probe's default "
-                                       "num_ctx reload the model in turn")
 def test_a_clients_num_ctx_and_the_probe_do_not_reload_the_model(daemon_factory, wait_for):
-    daemon = daemon_factory({"ollama": {"probe_interval": 0.2}})
+    daemon = daemon_factory({"ollama": {"probe_interval": 0.1},
+                             "runner_options": {"llama3.1:8b": {"num_ctx": 8192}}})
     with daemon.client() as client:
         client.generate("hello", options={"num_ctx": 8192})
         [serving] = runner_pids(daemon)
         daemon.standin("POST", "/_standin/stats/reset")
-        wait_for(lambda: any(body.get("prompt") == "ping"
-                             for body in daemon.standin_state()["recent_requests"]),
-                 10, "an inference probe")
+        wait_for(lambda: sum(body.get("prompt") == "ping"
+                             for body in daemon.standin_state()["recent_requests"]) >= 10,
+                 15, "ten inference probes")
         client.generate("hello again", options={"num_ctx": 8192})
+        client.generate("and without it")
     assert runner_pids(daemon) == [serving]
+    assert daemon.standin_state()["runners"][0]["options"]["num_ctx"] == 8192
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: /api/ps says llama3:latest, the daemon "
-                                       "looks for llama3, so it never probes an idle model")
+def test_a_clients_differing_runner_option_is_refused_naming_the_configured_one(daemon_factory):
+    daemon = daemon_factory({"ollama": {"probe_interval": 60.0}})
+    with daemon.client() as client:
+        [serving] = runner_pids(daemon)
+        daemon.quiesce()
+        with pytest.raises(OllamadError) as refused:
+            client.generate("hello", options={"num_ctx": 131072})
+        with pytest.raises(OllamadError) as cpu:
+            client.chat([{"role": "user", "content": "hi"}], options={"num_gpu": 0})
+        # A sampling option and a runner option equal to the configured one both pass.
+        assert client.generate("hi", options={"num_ctx": 4096, "temperature": 0.1})["text"]
+    assert refused.value.code.value == "bad_request"
+    assert "num_ctx=131072" in refused.value.message and "num_ctx=4096" in refused.value.message
+    assert "ollama.context_length" in refused.value.message
+    assert cpu.value.code.value == "bad_request" and "num_gpu=0" in cpu.value.message
+    assert runner_pids(daemon) == [serving]
+    assert daemon.standin_state()["stats"]["completed_generations"] == 1
+
+
+def test_a_single_tenant_host_may_let_clients_choose_runner_options(daemon_factory):
+    daemon = daemon_factory({"ollama": {"probe_interval": 60.0, "client_runner_options": True}})
+    with daemon.client() as client:
+        [before] = runner_pids(daemon)
+        assert client.generate("hello", options={"num_ctx": 8192})["text"]
+    [after] = runner_pids(daemon)
+    assert after != before   # reloaded, as asked
+    assert daemon.standin_state()["runners"][0]["options"]["num_ctx"] == 8192
+
+
 def test_a_wedge_of_a_model_configured_without_its_tag_is_found(daemon_factory, wait_for):
     daemon = daemon_factory({"model": "llama3", "ollama": {"warm_model": False, **FAST_PROBES}},
                             env={"OLLAMAD_STANDIN_MODELS": "llama3"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import psutil
@@ -92,11 +93,35 @@ def test_a_wedge_is_detected_restarted_and_the_waiting_request_served(daemon_fac
     assert time.monotonic() - started < 10
 
 
+def test_a_wedge_with_eight_requests_in_flight_fails_none_of_them(daemon_factory, reaper,
+                                                                   wait_for):
+    # One attempt each: the attempt the wedge's restart cuts is not the request's fault,
+    # so it does not count; the deadline (60 s) is what bounds the retries.
+    daemon = daemon_factory({"max_attempts": 1, **FAST_PROBES})
+    before = daemon.wait_ready()["ollama"]
+    daemon.quiesce()
+    daemon.set_fault("hang")  # every generation wedges, the probe's too
+    results: list = []
+    with daemon.client(timeout=70.0) as client:
+        threads = [threading.Thread(target=lambda i=i: results.append(
+            client.generate(f"wedged {i}", timeout=60.0))) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(70.0)
+    assert len(results) == 8 and all(r["text"] for r in results)
+    assert all(r["attempts"] == 2 for r in results)   # the wedged one, then the new Ollama
+    status = daemon.wait_ready()["ollama"]
+    reaper.track(status["pid"])
+    assert status["pid"] != before["pid"] and "hung" in (status["last_reason"] or "")
+    assert "8 generation(s) in flight" in status["last_reason"]
+
+
 def test_a_slow_but_progressing_generation_is_not_killed(daemon_factory):
     # One slot: the inference probe queues behind the slow generation and
     # times out, but chunks keep arriving, so Ollama is not hung.
-    daemon = daemon_factory(FAST_PROBES, env={"OLLAMA_NUM_PARALLEL": "1",
-                                              "OLLAMAD_STANDIN_TOKEN_DELAY": "0.15"})
+    daemon = daemon_factory({**FAST_PROBES, "ollama": {**FAST_PROBES["ollama"], "num_parallel": 1}},
+                            env={"OLLAMAD_STANDIN_TOKEN_DELAY": "0.15"})
     with daemon.client(timeout=30.0) as client:
         result = client.generate("a long story", max_tokens=20)  # ~3 s > hang_after
     assert result["completion_tokens"] == 20

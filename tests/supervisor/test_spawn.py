@@ -205,7 +205,7 @@ def test_stop_leaves_nothing_and_the_child_env_is_scrubbed(supervise, make_confi
     with open(f"/proc/{server}/environ", "rb") as environ:
         env = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if item)
     assert b"NOTIFY_SOCKET" not in env and b"WATCHDOG_USEC" not in env and b"LISTEN_FDS" not in env
-    assert env[b"OLLAMA_HOST"] == b"127.0.0.1:0" and env[b"OLLAMA_NUM_PARALLEL"] == b"3"
+    assert env[b"OLLAMA_HOST"] == b"127.0.0.1:0" and env[b"OLLAMA_NUM_PARALLEL"] == b"4"
 
     supervisor.stop(10.0)
     assert supervisor.state is State.STOPPED and states[-2:] == ["STOPPING", "STOPPED"]

@@ -85,14 +85,21 @@ def test_urls_and_listen_address():
     assert connect_url("http://0.0.0.0:11434") == "http://127.0.0.1:11434"
 
 
-def test_child_env_is_scrubbed_and_sets_ollama_variables():
+def test_child_env_is_scrubbed_and_sets_ollamas_shape():
     config = Config(workers=8, ollama=OllamaSettings(url="http://127.0.0.1:5000"))
     env = child_env(config, {"PATH": "/bin", "NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1",
                              "WATCHDOG_PID": "2", "LISTEN_FDS": "1", "LISTEN_PID": "3"})
-    assert env == {"PATH": "/bin", "OLLAMA_HOST": "127.0.0.1:5000", "OLLAMA_NUM_PARALLEL": "8"}
-    assert child_env(config, {"OLLAMA_NUM_PARALLEL": "2"})["OLLAMA_NUM_PARALLEL"] == "2"
-    config = config.replace(ollama=OllamaSettings(num_parallel=3))
-    assert child_env(config, {})["OLLAMA_NUM_PARALLEL"] == "3"
+    # A slot per worker and one for the probe; the context and load limit from the config.
+    assert env == {"PATH": "/bin", "OLLAMA_HOST": "127.0.0.1:5000", "OLLAMA_NUM_PARALLEL": "9",
+                   "OLLAMA_CONTEXT_LENGTH": "4096", "OLLAMA_LOAD_TIMEOUT": "300s"}
+    # The daemon owns the shape: the environment's own values do not leak through.
+    inherited = child_env(config, {"OLLAMA_NUM_PARALLEL": "2", "OLLAMA_CONTEXT_LENGTH": "131072"})
+    assert inherited["OLLAMA_NUM_PARALLEL"] == "9" and inherited["OLLAMA_CONTEXT_LENGTH"] == "4096"
+    config = config.replace(ollama=OllamaSettings(num_parallel=3, context_length=0,
+                                                  load_timeout=12.5))
+    env = child_env(config, {"OLLAMA_CONTEXT_LENGTH": "131072"})
+    assert env["OLLAMA_NUM_PARALLEL"] == "3" and env["OLLAMA_LOAD_TIMEOUT"] == "12.5s"
+    assert "OLLAMA_CONTEXT_LENGTH" not in env   # 0: Ollama sizes it
 
 
 def test_stand_in_command_runs_this_python():

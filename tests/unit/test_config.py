@@ -93,7 +93,9 @@ def test_ranges_and_rules_say_what_is_valid(tmp_path, text, message):
 
 def test_example_config_parses_and_names_every_key(tmp_path):
     text = config.example_toml()
-    uncommented = "\n".join(line[2:] if line.startswith("# ") and " = " in line else line
-                            for line in text.splitlines())
+    uncommented = "\n".join(line[2:] if line.startswith(("# [", "# ")) and " = " in line
+                            or line.startswith("# [") else line for line in text.splitlines())
     path = write(tmp_path, uncommented)
-    assert config.load(path, env={}) == config.Config()
+    loaded = config.load(path, env={})
+    assert loaded.replace(runner_options={}) == config.Config()
+    assert loaded.runner_options == {"llama3.1:8b": {"num_ctx": 8192, "num_batch": 512}}

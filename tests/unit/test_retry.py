@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ollamad.backend import classify_status
+from ollamad.retry import classify_status
 from ollamad.retry import OllamaFailure, RetryPolicy
 from ollamad_client.protocol import ErrorCode
 

@@ -7,7 +7,8 @@
 
 from ollamad.gpu.monitor import GpuMonitor, attribute_processes
 from ollamad.gpu.nvml_reader import GpuUnavailable, NvmlReader, describe_error
-from ollamad.gpu.policy import VramLeakPolicy, cpu_fallback, memory_pressure, models_vram_bytes
+from ollamad.gpu.policy import (VramLeakPolicy, cpu_fallback, memory_pressure, models_vram_bytes,
+                                partial_offload)
 
 __all__ = [
     "GpuMonitor",
@@ -19,4 +20,5 @@ __all__ = [
     "describe_error",
     "memory_pressure",
     "models_vram_bytes",
+    "partial_offload",
 ]

@@ -8,6 +8,7 @@ on what comes back:
 * :func:`memory_pressure`: reasons to report the daemon degraded.
 * :func:`cpu_fallback`: models Ollama silently put on the CPU although a GPU
   is present (seen after suspend/resume: ``size_vram == 0``).
+* :func:`partial_offload`: models split between GPU and CPU.
 * :class:`VramLeakPolicy`: when to restart Ollama because it holds VRAM its
   loaded models do not account for (runners that kept memory after unload).
 """
@@ -61,6 +62,23 @@ def cpu_fallback(snapshot: Mapping[str, Any], ps_models: Iterable[Mapping[str, A
         for model in ps_models
         if "size_vram" in model and model["size_vram"] == 0
     ]
+
+
+def partial_offload(ps_models: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One reason per loaded model split between GPU and CPU (``0 < size_vram < size``).
+
+    Ollama's answer to a model whose weights and KV cache (context × slots)
+    do not fit: it runs, several times slower. No NVML is needed to see it.
+    """
+    reasons = []
+    for model in ps_models:
+        size, size_vram = int(model.get("size") or 0), int(model.get("size_vram") or 0)
+        if 0 < size_vram < size:
+            reasons.append(
+                f"model {model.get('name', '?')} is only {size_vram / size:.0%} on the GPU "
+                f"({_gib(size_vram)} of {_gib(size)}); the rest runs on the CPU, slower: lower "
+                "ollama.context_length or the slots (ollama.num_parallel), or use a smaller model")
+    return reasons
 
 
 class VramLeakPolicy:

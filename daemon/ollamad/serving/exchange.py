@@ -75,6 +75,8 @@ class Exchange:
         self._on_finish: list[Callable[[Exchange], None]] = []
         #: Attempts made so far, reported with a failure.
         self.attempts = 0
+        #: What a worker waits for on its behalf (a model load), named if the deadline passes.
+        self.waiting_for: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -162,8 +164,10 @@ class Exchange:
 
     def expire(self) -> bool:
         """The deadline passed: answer ``timeout`` (unless already answered)."""
+        waiting = f" while waiting for {self.waiting_for}" if self.waiting_for else ""
         return self.reject(Error.of(
-            ErrorCode.TIMEOUT, f"no result within the request's {self.request.timeout:g} s deadline"))
+            ErrorCode.TIMEOUT,
+            f"no result within the request's {self.request.timeout:g} s deadline{waiting}"))
 
     def reject_gone(self) -> bool:
         """The client's connection closed: nobody waits for the answer any more."""

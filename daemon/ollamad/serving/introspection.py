@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable
 
 from ollamad import __version__
-from ollamad.gpu import GpuMonitor, cpu_fallback, memory_pressure
+from ollamad.gpu import GpuMonitor, cpu_fallback, memory_pressure, partial_offload
 from ollamad.metrics import Metrics
 from ollamad.pool import ProgressTracker, WorkerPool
 from ollamad.serving.registry import OpenRequests
@@ -81,6 +81,11 @@ class Introspection:
         gpu = self._gpu.snapshot()
         degraded += memory_pressure(gpu, config.gpu.memory_pressure)
         degraded += cpu_fallback(gpu, ollama.get("models") or [])
+        degraded += partial_offload(ollama.get("models") or [])
+        probe_error = (ollama.get("last_probe") or {}).get("inference_error")
+        if probe_error and ollama.get("state") == "RUNNING":
+            degraded.append(f"the inference probe of {config.model} gets an error answer "
+                            f"({probe_error}): hang detection is blind until it succeeds")
         connections = self._requests.connections
         if connections >= 0.9 * self._requests.max_connections:
             degraded.append(f"{connections} client connections open, of at most "

@@ -129,7 +129,8 @@ class Dispatcher:
 
         def run() -> None:
             started = time.monotonic()   # the end of this task's queue wait
-            ctx = CallContext(deadline=exchange.deadline, cancel=exchange.cancel)
+            ctx = CallContext(deadline=exchange.deadline, cancel=exchange.cancel,
+                              waiting=lambda what: setattr(exchange, "waiting_for", what))
             if generation:
                 ctx.on_progress = self.progress.touch
                 if exchange.request.stream:

@@ -13,10 +13,14 @@ Verdicts:
 * hung: the inference probe timed out and nothing is progressing (the rule
   is in :mod:`.probes`, :func:`~.probes.is_hung`).
 
-The inference probe is skipped while the warm-up load runs (a model load is
-not a hang; the load is bounded by ``startup_timeout``), and, without
-``warm_model``, while the model is not loaded and nothing is in flight (the
-probe would load the model that ``keep_alive`` just unloaded).
+The inference probe is skipped while a load of its model runs, the warm-up
+or one for a request (a model load is not a hang; it is bounded by
+``load_timeout``), and, without ``warm_model``, while the model is not
+loaded and nothing is in flight (the probe would load the model that
+``keep_alive`` just unloaded). It sends the configured runner options, so
+it never makes Ollama reload the model. An *error answer* to it (a missing
+model, a bad ``keep_alive``) is not a hang, but it leaves hang detection
+blind: it is kept in the report, and ``health`` says degraded.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from ollamad.config import Config, OllamaSettings
+from ollamad.ollama import names
+from ollamad.ollama.runner import RunnerPolicy
 from ollamad.supervisor import probes
 from ollamad.supervisor.probes import Job, ProbeResult, is_hung
 
@@ -50,6 +56,8 @@ def probe_record(live: ProbeResult, inference: ProbeResult | None = None) -> dic
         record["inference_ms"] = round(inference.latency_ms, 1)
         if not inference.ok:
             record.update(ok=False, error=f"inference: {inference.error}")
+            if not inference.timed_out:   # Ollama answered, with an error
+                record["inference_error"] = inference.error
     return record
 
 
@@ -69,8 +77,9 @@ class Verdict:
 
 def warm_up(url: str, config: Config) -> None:
     """Load ``config.model`` (an empty-prompt generate); failures are logged, not fatal."""
-    timeout = config.ollama.startup_timeout
-    loaded = probes.load_model(url, config.model, config.ollama.keep_alive, timeout)
+    timeout = config.ollama.load_timeout
+    loaded = probes.load_model(url, config.model, config.ollama.keep_alive,
+                               RunnerPolicy.from_config(config).configured(config.model), timeout)
     if loaded.ok:
         log.info("warm-up: %s loaded in %.0f ms", config.model, loaded.latency_ms)
     else:
@@ -80,8 +89,10 @@ def warm_up(url: str, config: Config) -> None:
 class Health:
     """The probe schedule and verdicts for one run of Ollama (reset each time it is RUNNING)."""
 
-    def __init__(self, progress: Callable[[], tuple[int, float | None]]):
+    def __init__(self, progress: Callable[[], tuple[int, float | None]],
+                 loading: Callable[[str], bool] = lambda model: False):
         self._progress = progress
+        self._loading = loading
         self.reset()
 
     def reset(self, warm_up: Job | None = None) -> None:
@@ -128,7 +139,9 @@ class Health:
         inference = None
         if self.wants_inference(config, models or []):
             limit = settings.inference_probe_timeout
-            inference = run(lambda: probes.infer(url, config.model, settings.keep_alive, limit),
+            options = RunnerPolicy.from_config(config).configured(config.model)
+            inference = run(lambda: probes.infer(url, config.model, settings.keep_alive, options,
+                                                 limit),
                             limit, ProbeResult.timeout(limit))
         hang = self.judge_inference(inference, settings.hang_after) if inference else None
         return Verdict(hang, hung=hang is not None, record=probe_record(live, inference),
@@ -145,9 +158,10 @@ class Health:
         return None
 
     def wants_inference(self, config: Config, models: list[dict]) -> bool:
-        if self.warm_up is not None:
+        if self.warm_up is not None or self._loading(config.model):
             return False
-        loaded = any(m["name"] == config.model for m in models)
+        # /api/ps names carry a tag (llama3:latest) where the config may not (llama3).
+        loaded = any(names.key(m["name"]) == names.key(config.model) for m in models)
         return config.ollama.warm_model or loaded or self.progress()[0] > 0
 
     def judge_inference(self, result: ProbeResult, hang_after: float) -> str | None:

@@ -112,18 +112,22 @@ def alive(base_url: str, timeout: float) -> ProbeResult:
     return _call("GET", base_url + "/", timeout, json_answer=False)
 
 
-def infer(base_url: str, model: str, keep_alive: str, timeout: float) -> ProbeResult:
+def infer(base_url: str, model: str, keep_alive: str, runner_options: dict[str, Any],
+          timeout: float) -> ProbeResult:
     # keep_alive is passed so that the probe does not shorten the model's
-    # residence to Ollama's default of 5 minutes.
+    # residence to Ollama's default of 5 minutes, and the configured runner
+    # options (ollamad.ollama.runner) so that it never makes Ollama reload.
     return _call("POST", base_url + "/api/generate", timeout,
                  {"model": model, "prompt": PROBE_PROMPT, "stream": False,
-                  "keep_alive": keep_alive, "options": {"num_predict": 1}})
+                  "keep_alive": keep_alive, "options": {**runner_options, "num_predict": 1}})
 
 
-def load_model(base_url: str, model: str, keep_alive: str, timeout: float) -> ProbeResult:
+def load_model(base_url: str, model: str, keep_alive: str, runner_options: dict[str, Any],
+               timeout: float) -> ProbeResult:
     """Warm-up: an empty prompt makes Ollama load the model and answer ``done_reason: "load"``."""
     return _call("POST", base_url + "/api/generate", timeout,
-                 {"model": model, "prompt": "", "keep_alive": keep_alive})
+                 {"model": model, "prompt": "", "keep_alive": keep_alive,
+                  "options": runner_options})
 
 
 def loaded_models(base_url: str, timeout: float) -> ProbeResult:
@@ -132,14 +136,20 @@ def loaded_models(base_url: str, timeout: float) -> ProbeResult:
     if not result.ok:
         return result
     try:
-        models = [{"name": m["name"], "size": int(m.get("size", 0)),
-                   "size_vram": int(m.get("size_vram", 0)),
-                   "on_gpu": int(m.get("size_vram", 0)) > 0,
-                   "expires_at": m.get("expires_at")}
-                  for m in (result.data or {}).get("models") or []]
+        models = [_loaded_model(m) for m in (result.data or {}).get("models") or []]
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         return ProbeResult(False, result.latency_ms, f"/api/ps: unexpected answer ({exc})")
     return ProbeResult(True, result.latency_ms, data=models)
+
+
+def _loaded_model(listed: dict) -> dict:
+    size, size_vram = int(listed.get("size", 0)), int(listed.get("size_vram", 0))
+    return {"name": listed["name"], "size": size, "size_vram": size_vram,
+            "on_gpu": size_vram > 0,
+            # 0 < gpu_share < 1: partly offloaded to the CPU, and slower for it.
+            "gpu_share": round(size_vram / size, 3) if size > 0 else None,
+            "context_length": listed.get("context_length"),
+            "expires_at": listed.get("expires_at")}
 
 
 class Job:

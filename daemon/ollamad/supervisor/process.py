@@ -90,19 +90,33 @@ def check_command(settings: OllamaSettings) -> None:
         raise SupervisorError(f"cannot start Ollama: {problem}. {_REMEDIES}")
 
 
+def parallel_slots(config: Config) -> int:
+    """OLLAMA_NUM_PARALLEL: ``ollama.num_parallel``, or one slot per worker plus one that
+    keeps the inference probe from queueing behind user work (a probe stuck behind
+    eight long prompts looks exactly like a hang)."""
+    return config.ollama.num_parallel or config.workers + 1
+
+
 def child_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment of a spawned server: ours without the service's own
-    variables (:func:`ollamad.notify.child_environment`), plus ``OLLAMA_HOST``
-    and (unless the user set it) ``OLLAMA_NUM_PARALLEL``."""
+    variables (:func:`ollamad.notify.child_environment`), plus the shape the
+    daemon sets: ``OLLAMA_HOST``, ``OLLAMA_NUM_PARALLEL``, ``OLLAMA_LOAD_TIMEOUT``
+    and ``OLLAMA_CONTEXT_LENGTH`` (the KV cache is context × slots)."""
     env = child_environment(environ)
     env["OLLAMA_HOST"] = listen_address(config.ollama.url)
-    env.setdefault("OLLAMA_NUM_PARALLEL", str(config.ollama.num_parallel or config.workers))
+    env["OLLAMA_NUM_PARALLEL"] = str(parallel_slots(config))
+    env["OLLAMA_LOAD_TIMEOUT"] = f"{config.ollama.load_timeout:g}s"
+    if config.ollama.context_length:
+        env["OLLAMA_CONTEXT_LENGTH"] = str(config.ollama.context_length)
+    else:   # Ollama's own automatic size
+        env.pop("OLLAMA_CONTEXT_LENGTH", None)
     return env
 
 
 #: Settings that shape the server's command line or environment: they take effect when it
 #: is next (re)started.
-LAUNCH_KEYS = ("command", "stand_in", "url", "mode", "num_parallel")
+LAUNCH_KEYS = ("command", "stand_in", "url", "mode", "num_parallel", "context_length",
+               "load_timeout")
 
 
 def launch_changes(old: Config, new: Config) -> list[str]:
@@ -110,8 +124,7 @@ def launch_changes(old: Config, new: Config) -> list[str]:
     sets OLLAMA_NUM_PARALLEL)."""
     changed = [f"ollama.{key}" for key in LAUNCH_KEYS
                if getattr(old.ollama, key) != getattr(new.ollama, key)]
-    if (old.ollama.num_parallel or old.workers) != (new.ollama.num_parallel or new.workers) \
-            and "ollama.num_parallel" not in changed:
+    if parallel_slots(old) != parallel_slots(new) and "ollama.num_parallel" not in changed:
         changed.append("workers")
     return changed
 

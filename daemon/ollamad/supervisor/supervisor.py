@@ -57,13 +57,14 @@ IDLE_WAIT = 3600.0
 class Supervisor:
     def __init__(self, config: Config, *,
                  progress: Callable[[], tuple[int, float | None]] = lambda: (0, None),
+                 loading: Callable[[str], bool] = lambda model: False,
                  system: System | None = None,
                  on_change: Callable[[dict], None] | None = None):
         self._config = config
         self.mode = config.ollama.mode
         self._system = system or System()
         self._on_change = on_change
-        self._health = Health(progress)
+        self._health = Health(progress, loading)
         self._waiter = Waiter(self._system, self._check_events, lambda: self._process)
         self._thread: threading.Thread | None = None
         self._cond = threading.Condition()
@@ -76,6 +77,7 @@ class Supervisor:
         self._restart_pending = False
         self._probe_now = False
         # ... and what the supervisor thread found out.
+        self._runs = 0   # starts of Ollama (or, in external mode, of watching it)
         self._state = State.STOPPED
         self._thread_failed = False
         self._policy = RestartPolicy(config.ollama)
@@ -98,6 +100,12 @@ class Supervisor:
             if self._external:
                 return self._external.url
             return self._process.url if self._process else None
+
+    @property
+    def run_id(self) -> int:
+        """Changes with every (re)start of Ollama: what was known of the last one is stale."""
+        with self._cond:
+            return self._runs
 
     def check_command(self) -> None:
         """Raise :class:`SupervisorError` (naming the remedies) when the command cannot run."""
@@ -289,6 +297,7 @@ class Supervisor:
             if restart:
                 self._report.restarts += 1
             self._restart_pending = False
+            self._runs += 1
         config = self._config
         self._set_state(State.STARTING, reason)
         self._hang_reported = False

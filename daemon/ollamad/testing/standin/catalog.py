@@ -16,6 +16,7 @@ import re
 import threading
 from dataclasses import asdict, dataclass, replace
 
+from ollamad.ollama.names import canonical as canonical_name
 from ollamad.testing.standin.gotime import NS_PER_S, rfc3339_nano
 
 DEFAULT_MODELS = ("llama3.1:8b", "llama3.2:1b", "qwen3:0.6b", "nomic-embed-text:latest")
@@ -60,24 +61,11 @@ _WELL_KNOWN = {
                                 _EMBEDDING),
 }
 _FILE_TYPES = {"F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15}
-_NAME = re.compile(r"^[a-z0-9_][a-z0-9_.\-]*(/[a-z0-9_][a-z0-9_.\-]*)*(:[a-z0-9_][a-z0-9_.\-]{0,127})?$")
-_DEFAULT_PREFIXES = ("registry.ollama.ai/library/", "library/")
 _LLAMA3_TEMPLATE = (
     "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>"
     "{{- end }}<|start_header_id|>user<|end_header_id|>\n\n{{ .Prompt }}<|eot_id|>"
     "<|start_header_id|>assistant<|end_header_id|>\n\n{{ .Response }}<|eot_id|>")
 _STOP_WORDS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
-
-
-def canonical_name(name: str) -> str | None:
-    """Ollama's normalised form of a model name, or None when it is not valid."""
-    name = name.strip().lower()
-    for prefix in _DEFAULT_PREFIXES:
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    if not _NAME.match(name):
-        return None
-    return name if ":" in name else name + ":latest"
 
 
 def _derived_shape(name: str) -> Shape:

@@ -32,7 +32,8 @@ class Control:
     def state(self) -> dict:
         counters, recent = self._stats.snapshot()
         return {"pid": os.getpid(), "faults": self._faults.describe(),
-                "runners": self._pool.runners(), "stats": counters, "recent_requests": recent}
+                "runners": self._pool.runners(), "loads": dict(self._pool.loads),
+                "stats": counters, "recent_requests": recent}
 
     def dispatch(self, exchange: Exchange):
         route = (exchange.method, exchange.path)

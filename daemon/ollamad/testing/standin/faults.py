@@ -18,7 +18,7 @@ from typing import Any
 
 # kind -> default parameters
 KINDS: dict[str, dict[str, Any]] = {
-    "hang": {},
+    "hang": {"after_tokens": 0},
     "crash_mid_stream": {"after_tokens": 2},
     "runner_terminated": {},
     "busy": {},

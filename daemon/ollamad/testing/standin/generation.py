@@ -19,7 +19,7 @@ from ollamad.testing.standin import apitypes, gojson, textgen
 from ollamad.testing.standin.apitypes import MODEL_CRASHED, ApiError, not_found
 from ollamad.testing.standin.catalog import Catalog, Model
 from ollamad.testing.standin.config import Settings
-from ollamad.testing.standin.faults import FaultBook
+from ollamad.testing.standin.faults import Fault, FaultBook
 from ollamad.testing.standin.gotime import utc_now
 from ollamad.testing.standin.httpserver import JSON, Exchange
 from ollamad.testing.standin.memory import default_num_ctx
@@ -173,10 +173,13 @@ class Inference:
         answer["done_reason"] = "unload"
         exchange.send_json(200, answer)
 
-    def _wait_out_hang(self, exchange: Exchange):
-        """The `hang` fault: say nothing until faults are cleared or the client leaves."""
+    def _wait_out_hang(self, exchange: Exchange, hang: Fault | None = None):
+        """The `hang` fault: say nothing until faults are cleared or the client leaves.
+
+        `hang`: the fault already taken (one that strikes mid-stream); else it is taken now.
+        """
         epoch = self._faults.epoch
-        if self._faults.take("hang"):
+        if hang or self._faults.take("hang"):
             exchange.peer.wait_for(lambda: self._faults.epoch != epoch)
 
     def _serve_turn(self, exchange: Exchange, turn: Turn, started: int):
@@ -218,7 +221,10 @@ class Inference:
     def _infer(self, exchange: Exchange, turn: Turn, runner: Runner, reply: _Reply,
                started: int, loaded: int) -> dict:
         """Stream the runner's tokens into `reply`; returns the final answer, still to be sent."""
-        self._wait_out_hang(exchange)
+        hang = self._faults.take("hang")
+        hang_after = hang.params["after_tokens"] if hang else None
+        if hang_after == 0:   # before the first token: Ollama never answers
+            self._wait_out_hang(exchange, hang)
         plan: Plan = turn.plan()
         crash = self._faults.take("crash_mid_stream")
         crash_after = crash.params["after_tokens"] if crash else None
@@ -234,6 +240,8 @@ class Inference:
                 elif "piece" in event:
                     if crash_after is not None and emitted >= crash_after:
                         self._crash(runner)
+                    if emitted == hang_after:   # mid-stream: the answer stops coming
+                        self._wait_out_hang(exchange, hang)
                     reply.step(plan.steps[emitted][0], event["piece"])
                     emitted += 1
         if crash_after is not None:

@@ -45,6 +45,9 @@ class RunnerPool:
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
         self._monitor_wakes_at = 0.0
+        #: Loads started, and aborted because their client left (the control endpoint shows
+        #: them: a test can tell one load from a load cut and started again).
+        self.loads = {"started": 0, "aborted": 0}
         threading.Thread(target=self._monitor, name="runner-monitor", daemon=True).start()
 
     # --- used by the scheduler -------------------------------------------------
@@ -71,11 +74,14 @@ class RunnerPool:
                             self._settings.load_time, self._settings.runner_max_lifetime)
             self._loaded[model.name] = runner
             self._unreaped.append(runner)
+            self.loads["started"] += 1
             self._wake_monitor()
         try:
             runner.wait_loaded(cancelled, self._settings.load_timeout_ns)
         except LoadAborted:
             log.event("WARN", "llama_server.go:1301", LOAD_ABORTED)
+            with self._cond:
+                self.loads["aborted"] += 1
             self._abandon(runner, "load aborted")
             raise ClientGone() from None
         except BaseException:
