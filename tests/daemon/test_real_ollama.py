@@ -105,3 +105,41 @@ def test_a_wedge_of_a_model_configured_without_its_tag_is_found(daemon_factory, 
         assert client.generate("hello")["text"]  # llama3 is loaded now
         daemon.set_fault("hang")  # and wedged: every generation hangs
         wait_for(lambda: client.status()["ollama"]["restarts"] >= 1, 4, "a restart for the wedge")
+
+
+def test_a_model_split_between_gpu_and_cpu_is_reported_degraded_with_its_share(daemon_factory,
+                                                                              wait_for):
+    # 6 GiB of pretend VRAM: llama3.1:8b's weights fit, its KV cache (4096 x 9 slots) not all.
+    daemon = daemon_factory({"ollama": {"probe_interval": 0.2}},
+                            env={"OLLAMAD_STANDIN_VRAM": str(6 << 30)})
+    [model] = daemon.wait_ready()["ollama"]["models"]
+    assert 0 < model["gpu_share"] < 1 and model["size_vram"] < model["size"]
+    with daemon.client() as client:
+        health = wait_for(lambda: (h := client.health())["status"] == "degraded" and h, 10,
+                          "degraded")
+    assert any(f"llama3.1:8b is only {model['gpu_share']:.0%} on the GPU" in reason
+               for reason in health["reasons"]), health
+
+
+def test_an_inference_probe_that_gets_an_error_answer_is_reported(daemon_factory, wait_for):
+    # The configured model is not installed: every probe is a 404, never a hang, so hang
+    # detection is blind; health must say so instead of "healthy".
+    daemon = daemon_factory({"model": "not-installed:1b", "ollama": {"probe_interval": 0.2}},
+                            ready=False)
+    with daemon.client(timeout=5.0) as client:
+        health = wait_for(lambda: (h := client.health())["status"] == "degraded" and h, 15,
+                          "degraded")
+    [reason] = [r for r in health["reasons"] if "inference probe" in r]
+    assert "not-installed:1b" in reason and "not found" in reason and "blind" in reason
+
+
+def test_a_slow_load_under_fast_probes_is_not_taken_for_a_hang(daemon_factory):
+    # The probe would queue behind the 3 s load and time out after 0.5 s, with a request
+    # in flight and no chunk for longer than hang_after: a hang, but for the load.
+    daemon = daemon_factory({"ollama": {"warm_model": False, **FAST_PROBES}},
+                            env={"OLLAMAD_STANDIN_LOAD_TIME": "3"})
+    with daemon.client(timeout=20.0) as client:
+        assert client.generate("worth the wait")["text"]
+        status = client.status()["ollama"]
+    assert status["restarts"] == 0 and status["state"] == "RUNNING"
+    assert daemon.standin_state()["loads"] == {"started": 1, "aborted": 0}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ollamad.gpu import VramLeakPolicy, cpu_fallback, memory_pressure, models_vram_bytes
+from ollamad.gpu import (VramLeakPolicy, cpu_fallback, memory_pressure, models_vram_bytes,
+                         partial_offload)
 
 GiB = 1024 ** 3
 
@@ -38,6 +39,15 @@ def test_cpu_fallback_names_models_with_no_vram_while_a_gpu_is_present():
     assert reasons[0].startswith(
         "model llama3.1:8b is running on the CPU (size_vram 0) although a GPU is present")
     assert "restart Ollama" in reasons[0]
+
+
+def test_partial_offload_names_each_split_model_and_its_gpu_share():
+    # Split models are slow whether or not NVML is there to see the GPU.
+    assert partial_offload(PS_MODELS) == [
+        "model qwen2.5:32b is only 73% on the GPU (16.0 GiB of 22.0 GiB); the rest runs on "
+        "the CPU, slower: lower ollama.context_length or the slots (ollama.num_parallel), or "
+        "use a smaller model"]
+    assert partial_offload([{"name": "x", "size": 0, "size_vram": 0}]) == []
 
 
 def test_cpu_fallback_is_silent_without_a_gpu():

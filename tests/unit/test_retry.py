@@ -5,8 +5,7 @@ import time
 
 import pytest
 
-from ollamad.retry import classify_status
-from ollamad.retry import OllamaFailure, RetryPolicy
+from ollamad.retry import OllamaFailure, RetryPolicy, classify_status
 from ollamad_client.protocol import ErrorCode
 
 
@@ -95,3 +94,27 @@ def test_a_lost_connection_waits_briefly_for_the_restart_not_a_full_backoff():
                             connection=True)
     result, attempts, waits = run(RetryPolicy(), [refused, refused, "ok"])
     assert (result, attempts) == ("ok", 3) and waits == [0.25, 0.5]
+
+
+def cut_by_restart() -> OllamaFailure:
+    failure = OllamaFailure(ErrorCode.UNAVAILABLE, "cannot reach Ollama", retryable=True,
+                            connection=True)
+    failure.forgiven = True
+    return failure
+
+
+def test_attempts_cut_by_our_own_restart_do_not_count():
+    # Two attempts cut by restarts, then a real failure, then success: 2 attempts counted.
+    outcomes = [cut_by_restart(), cut_by_restart(), busy(), "ok"]
+    result, attempts, _ = run(RetryPolicy(max_attempts=2), outcomes)
+    assert (result, attempts) == ("ok", 4)
+    # Without the forgiveness the budget is spent after two.
+    plain = [OllamaFailure(ErrorCode.UNAVAILABLE, "x", retryable=True, connection=True)] * 2
+    result, attempts, _ = run(RetryPolicy(max_attempts=2), plain + ["ok"])
+    assert isinstance(result, OllamaFailure) and attempts == 2
+
+
+def test_forgiven_attempts_still_end_at_the_deadline():
+    policy = RetryPolicy(max_attempts=1, reconnect_delay=0.25)
+    result, attempts, _ = run(policy, [cut_by_restart()] * 100, deadline_in=0.0)
+    assert isinstance(result, OllamaFailure) and attempts == 1
