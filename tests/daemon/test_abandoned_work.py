@@ -119,7 +119,10 @@ def test_requests_queued_for_a_vanished_client_never_reach_ollama(daemon_factory
             gone.close()
             wait_for(lambda: client.status()["daemon"]["queue_depth"] == 0, 2,
                      "the queue to let go of the vanished client's requests")
-        assert final(holder, "busy", timeout=30).result["text"]
+            # Free the worker: had they stayed queued, it would take them now.
+            send(holder, "free", "cancel", id="busy")
+            assert final(holder, "busy", timeout=10).error.code.value == "cancelled"
+            wait_for(lambda: client.status()["daemon"]["busy_workers"] == 0, 5, "an idle worker")
     finally:
         holder.close()
     prompts = [body.get("prompt") for body in daemon.standin_state()["recent_requests"]]
