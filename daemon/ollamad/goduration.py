@@ -93,6 +93,15 @@ def parse_duration(text: str) -> int:
     return total
 
 
+def is_duration(text: str) -> bool:
+    """Whether Go's `time.ParseDuration` takes ``text``."""
+    try:
+        parse_duration(text)
+    except ValueError:
+        return False
+    return True
+
+
 def keep_alive_ns(value: int | float | str) -> int:
     """A ``keep_alive`` as Ollama reads it, in nanoseconds (negative: :data:`FOREVER_NS`).
 
