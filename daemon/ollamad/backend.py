@@ -63,7 +63,8 @@ class CallContext:
 
     deadline: float                       # time.monotonic() by which to answer
     cancel: Cancellation = field(default_factory=Cancellation)
-    on_chunk: Callable[[str], None] | None = None   # streams text to the client
+    #: Streams pieces to the client: {"text": ...} and/or {"thinking": ...}.
+    on_chunk: Callable[[Mapping[str, str]], None] | None = None
     on_progress: Callable[[], None] = lambda: None  # a chunk arrived from Ollama
     #: HTTP calls made to Ollama (none when the request never got that far).
     attempts: int = 0
@@ -236,7 +237,7 @@ class OllamaBackend:
 
         def attempt() -> dict[str, Any]:
             response = self._post(ctx, call.path, call.body)
-            pieces: list[str] = []
+            answer = call.answer()
             final: dict | None = None
             # Read to the end even after the final chunk: a body left unread
             # makes requests close the connection instead of reusing it.
@@ -245,11 +246,9 @@ class OllamaBackend:
                     if "error" in obj:
                         raise OllamaFailure(ErrorCode.BACKEND_ERROR, str(obj["error"]),
                                             retryable=True)
-                    piece = call.piece(obj)
-                    if piece:
-                        pieces.append(piece)
-                        if ctx.on_chunk is not None:
-                            ctx.on_chunk(piece)
+                    chunk = answer.add(obj)
+                    if chunk and ctx.on_chunk is not None:
+                        ctx.on_chunk(chunk)
                     if obj.get("done"):
                         final = obj
                 if final is None:
@@ -258,9 +257,9 @@ class OllamaBackend:
                                         retryable=True)
             except OllamaFailure as failure:
                 # Pieces the client already has would be repeated by a retry.
-                failure.streamed = bool(pieces) and ctx.on_chunk is not None
+                failure.streamed = answer.has_pieces and ctx.on_chunk is not None
                 raise
-            return call.result("".join(pieces), final, ctx.attempts, time.monotonic() - started)
+            return answer.result(final, ctx.attempts, time.monotonic() - started)
 
         return self._with_retries(ctx, attempt)
 
