@@ -326,8 +326,6 @@ class ClientBase:
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         args = {key: value for key, value in generation.items() if value is not None}
-        if "tools" in args:
-            args["tools"] = list(args["tools"])  # any sequence; JSON wants a list
         if self.model and "model" not in args:
             args["model"] = self.model
         return args
