@@ -29,7 +29,8 @@ def texts(chunks, key):
 
 
 def test_a_chat_with_tools_returns_the_tool_calls_and_an_agent_loop_ends_in_words(daemon):
-    with daemon.client() as client:
+    # A thinking model: its message carries thinking as well as tool_calls back.
+    with daemon.client(model=THINKER) as client:
         called = client.chat(ASKED, tools=[WEATHER])
         stream = client.stream_chat(ASKED, tools=[WEATHER])
         streamed_text = list(stream)
@@ -39,6 +40,7 @@ def test_a_chat_with_tools_returns_the_tool_calls_and_an_agent_loop_ends_in_word
     assert call["function"]["name"] == "get_weather"
     assert isinstance(call["function"]["arguments"]["city"], str)
     assert called["message"]["tool_calls"] == called["tool_calls"] and called["text"] == ""
+    assert called["message"]["thinking"] == called["thinking"] != ""
     assert daemon.sent(ASKED[0]["content"])["tools"] == [WEATHER]
     # Streamed: no text; the calls come in the final result.
     assert streamed_text == [] and stream.result["tool_calls"] == called["tool_calls"]
@@ -47,6 +49,37 @@ def test_a_chat_with_tools_returns_the_tool_calls_and_an_agent_loop_ends_in_word
     assert history[1:] == [called["message"], answer]
     assert answered["text"] and answered["tool_calls"] == []
     assert "tool_calls" not in answered["message"]
+
+
+def test_langchains_tool_schemas_and_messages_go_through_the_daemon(daemon):
+    # Imported here: langchain takes a second to import, and only this test needs it.
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+    from langchain_ollama import ChatOllama
+
+    @tool
+    def get_weather(city: str, unit: str = "C") -> str:
+        """The weather in a city."""
+        return f"12 {unit} in {city}"
+
+    schema = convert_to_openai_tool(get_weather)
+    # ChatOllama's own conversion: what it would send Ollama, sent through the daemon.
+    to_ollama = ChatOllama(model=CHAT)._convert_messages_to_ollama_messages
+    question = HumanMessage(ASKED[0]["content"])
+    with daemon.client() as client:
+        first = client.chat(to_ollama([question]), tools=[schema])
+        [call] = first["tool_calls"]
+        function = call["function"]
+        asked = AIMessage("", tool_calls=[{"name": function["name"], "args": function["arguments"],
+                                          "id": call["id"]}])
+        answer = ToolMessage(get_weather.invoke(function["arguments"]), tool_call_id=call["id"])
+        second = client.chat(to_ollama([question, asked, answer]), tools=[schema])
+    assert function["name"] == "get_weather" and second["text"] and second["tool_calls"] == []
+    history = daemon.sent(answer.content)["messages"]
+    assert history[1]["tool_calls"][0]["function"]["arguments"] == function["arguments"]
+    assert history[2] == {"role": "tool", "content": answer.content, "images": [],
+                          "tool_call_id": call["id"]}
 
 
 def test_the_legacy_client_returns_tool_calls_and_thinking(daemon):
