@@ -130,6 +130,26 @@ def _common_body(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[
     return body
 
 
+def _result(text: str, final: Mapping[str, Any], attempts: int, elapsed: float) -> dict[str, Any]:
+    eval_count = int(final.get("eval_count") or 0)
+    eval_ns = int(final.get("eval_duration") or 0)
+    return {
+        "text": text,
+        "model": final.get("model"),
+        "done_reason": final.get("done_reason"),
+        "prompt_tokens": int(final.get("prompt_eval_count") or 0),
+        "completion_tokens": eval_count,
+        "tokens": eval_count,
+        "total_duration_ns": int(final.get("total_duration") or 0),
+        "load_duration_ns": int(final.get("load_duration") or 0),
+        "prompt_eval_duration_ns": int(final.get("prompt_eval_duration") or 0),
+        "eval_duration_ns": eval_ns,
+        "tokens_per_second": round(eval_count / eval_ns * 1e9, 3) if eval_ns else 0.0,
+        "attempts": attempts,
+        "response_time": round(elapsed, 6),
+    }
+
+
 @dataclass
 class Answer:
     """One attempt's answer as Ollama streams it: pieces for the client, then the result.
@@ -168,24 +188,8 @@ class Answer:
 
     def result(self, final: Mapping[str, Any], attempts: int, elapsed: float) -> dict[str, Any]:
         text, thinking = "".join(self.text), "".join(self.thinking)
-        eval_count = int(final.get("eval_count") or 0)
-        eval_ns = int(final.get("eval_duration") or 0)
-        result: dict[str, Any] = {
-            "text": text,
-            "thinking": thinking,
-            "model": final.get("model"),
-            "done_reason": final.get("done_reason"),
-            "prompt_tokens": int(final.get("prompt_eval_count") or 0),
-            "completion_tokens": eval_count,
-            "tokens": eval_count,
-            "total_duration_ns": int(final.get("total_duration") or 0),
-            "load_duration_ns": int(final.get("load_duration") or 0),
-            "prompt_eval_duration_ns": int(final.get("prompt_eval_duration") or 0),
-            "eval_duration_ns": eval_ns,
-            "tokens_per_second": round(eval_count / eval_ns * 1e9, 3) if eval_ns else 0.0,
-            "attempts": attempts,
-            "response_time": round(elapsed, 6),
-        }
+        result = _result(text, final, attempts, elapsed)
+        result["thinking"] = thinking
         if self.chat:
             # Shaped like Ollama's message (empty fields left out), so that it can
             # go back as history in the next chat of an agent loop unchanged.
@@ -223,12 +227,18 @@ def generate_call(args: Mapping[str, Any], defaults: GenerationDefaults,
     return GenerationCall("/api/generate", body)
 
 
-def _tool_call(where: str, call: Any) -> Any:
-    function = call.get("function") if isinstance(call, dict) else None
+def _function_of(where: str, item: Any) -> dict[str, Any]:
+    """``item["function"]`` of a tool or a tool call, checked: an object with a name."""
+    function = item.get("function") if isinstance(item, dict) else None
     if not (isinstance(function, dict) and isinstance(function.get("name"), str)
             and function["name"]):
         raise InvalidArguments(f"{where} must be an object whose 'function' object has a "
                                f"'name' string")
+    return function
+
+
+def _tool_call(where: str, call: Any) -> Any:
+    function = _function_of(where, call)
     if function.get("arguments") is not None and not isinstance(function["arguments"], dict):
         raise InvalidArguments(f"{where}.function.arguments must be an object")
     return call
@@ -276,11 +286,7 @@ def _chat_message(i: int, message: Any) -> dict[str, Any]:
 def _tools(args: Mapping[str, Any]) -> list[Any] | None:
     tools = _typed(args, "tools", (list,), "a list of tool objects")
     for i, tool in enumerate(tools or []):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not (isinstance(function, dict) and isinstance(function.get("name"), str)
-                and function["name"]):
-            raise InvalidArguments(f"tools[{i}] must be an object whose 'function' object has "
-                                   f"a 'name' string")
+        function = _function_of(f"tools[{i}]", tool)
         if function.get("parameters") is not None and not isinstance(function["parameters"],
                                                                       dict):
             raise InvalidArguments(f"tools[{i}].function.parameters must be a JSON schema object")
