@@ -36,7 +36,7 @@ now the daemon's configuration.
 
 from . import protocol
 from ._async import AsyncClient, AsyncStream
-from ._calls import DEFAULT_ENDPOINT, SOCKET_ENV, GenerationOptions
+from ._calls import DEFAULT_ENDPOINT, SOCKET_ENV, ChatOptions, GenerationOptions
 from ._legacy import LegacyStream, OllamaClient, get_ollama_client
 from ._sync import Client, Stream
 from .errors import (ERROR_CLASSES, BackendError, BadRequest, Busy, Cancelled, Forbidden,
@@ -47,7 +47,7 @@ from .protocol import ErrorCode
 
 __all__ = [
     # modern API
-    "Client", "Stream", "AsyncClient", "AsyncStream", "GenerationOptions",
+    "Client", "Stream", "AsyncClient", "AsyncStream", "ChatOptions", "GenerationOptions",
     "DEFAULT_ENDPOINT", "SOCKET_ENV",
     # legacy API
     "OllamaClient", "LegacyStream", "get_ollama_client",

@@ -9,12 +9,12 @@ closed or garbage-collected before its end.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Unpack
 
 from ._async_channel import LoopChannels
-from ._calls import (Call, ClientBase, DaemonLimits, GenerationOptions, finish, join_batch,
-                     join_embeddings, may_split_embed, split_batch, split_embed)
+from ._calls import (Call, ChatOptions, ClientBase, DaemonLimits, GenerationOptions, finish,
+                     join_batch, join_embeddings, may_split_embed, split_batch, split_embed)
 from ._demux import RequestAbandoned
 from ._stream_base import StreamBase
 from .errors import OllamadError
@@ -50,14 +50,14 @@ class AsyncClient(ClientBase):
                                                   timeout, stream=True))
 
     async def chat(self, messages: Sequence[Mapping[str, Any]], *, timeout: float | None = None,
-                   **generation: Unpack[GenerationOptions]) -> dict[str, Any]:
+                   **generation: Unpack[ChatOptions]) -> dict[str, Any]:
         """See :meth:`Client.chat`."""
         return await self._run(self._generation_call("chat", "messages", list(messages),
                                                      generation, timeout))
 
     def stream_chat(self, messages: Sequence[Mapping[str, Any]], *,
                     timeout: float | None = None,
-                    **generation: Unpack[GenerationOptions]) -> AsyncStream:
+                    **generation: Unpack[ChatOptions]) -> AsyncStream:
         """See :meth:`Client.stream_chat`; iterate with ``async for``."""
         return self._stream(self._generation_call("chat", "messages", list(messages), generation,
                                                   timeout, stream=True))
@@ -151,7 +151,8 @@ class AsyncClient(ClientBase):
 class AsyncStream(StreamBase):
     """The asyncio counterpart of :class:`~ollamad_client.Stream`.
 
-    ``async for piece in stream``; ``stream.result`` afterwards. Nothing is
+    ``async for piece in stream``; ``stream.result`` afterwards; ``async for
+    pieces in stream.chunks()`` for the reasoning pieces too. Nothing is
     sent until the first iteration. Ending it early cancels the request on
     the daemon: :meth:`aclose`/:meth:`close`, leaving ``async with``, the
     iterating task being cancelled, or garbage collection of an unfinished
@@ -167,8 +168,20 @@ class AsyncStream(StreamBase):
         return self
 
     async def __anext__(self) -> str:
+        while (pieces := await self._next_pieces()) is not None:
+            if "text" in pieces:
+                return pieces["text"]
+        raise StopAsyncIteration
+
+    async def chunks(self) -> AsyncIterator[dict[str, str]]:
+        """See :meth:`Stream.chunks <ollamad_client.Stream.chunks>`."""
+        while (pieces := await self._next_pieces()) is not None:
+            if pieces:
+                yield pieces
+
+    async def _next_pieces(self) -> dict[str, str] | None:
         if self._done:
-            raise StopAsyncIteration
+            return None
         try:
             if self._outgoing is None:
                 outgoing = self._client._encode(self._call)
@@ -178,14 +191,11 @@ class AsyncStream(StreamBase):
             reply = await self._channel.receive(self._outgoing)
         except RequestAbandoned:  # closed meanwhile, by another task or AsyncClient.close()
             self._done = True
-            raise StopAsyncIteration from None
+            return None
         except BaseException:
             self.close()
             raise
-        piece = self._piece(reply)
-        if piece is None:
-            raise StopAsyncIteration
-        return piece
+        return self._pieces(reply)
 
     async def aclose(self) -> None:
         self.close()

@@ -52,7 +52,12 @@ class GenerationOptions(TypedDict, total=False):
     - ``format``: ``"json"`` or a JSON schema object.
     - ``options``: passed to Ollama (``seed``, ``stop``, ``num_ctx``, ``top_p`` ...);
       ``temperature``/``max_tokens`` win over it.
-    - ``keep_alive``: how long Ollama keeps the model loaded (``"10m"`` or seconds).
+    - ``keep_alive``: how long Ollama keeps the model loaded: a Go duration with a unit
+      (``"10m"``, ``"-1s"`` for ever) or a number of seconds; ``"300"`` is ``bad_request``.
+    - ``think``: whether a thinking model reasons first (``True``, ``False`` or
+      a level, ``"low"``/``"medium"``/``"high"``/``"max"``); Ollama's default is to think when the model
+      can, and ``think`` for a model that cannot is ``bad_request``. The reasoning
+      comes back in the result's ``thinking`` (and in streams, see ``Stream.chunks``).
     """
 
     model: str | None
@@ -62,9 +67,23 @@ class GenerationOptions(TypedDict, total=False):
     format: str | Mapping[str, Any] | None
     options: Mapping[str, Any] | None
     keep_alive: str | float | None
+    think: bool | str | None
+
+
+class ChatOptions(GenerationOptions, total=False):
+    """:class:`GenerationOptions` plus, for ``chat`` and ``stream_chat``:
+
+    - ``tools``: functions the model may call, Ollama's (and OpenAI's) shape:
+      ``{"type": "function", "function": {"name", "description", "parameters": <JSON
+      schema>}}``. The calls come back in the result's ``tool_calls`` (and
+      ``message.tool_calls``), ``[{"function": {"name", "arguments": {...}}}]``.
+    """
+
+    tools: Sequence[Mapping[str, Any]] | None
 
 
 _GENERATION_KEYS = frozenset(GenerationOptions.__annotations__)
+_CHAT_KEYS = frozenset(ChatOptions.__annotations__)
 
 _ID_PREFIX = secrets.token_hex(4)
 _id_counter = itertools.count(1)
@@ -144,10 +163,17 @@ def encode_cancel(request_id: str) -> bytes:
                                                     {"id": request_id}, CANCEL_TIMEOUT))
 
 
-def chunk_text(reply: protocol.Reply) -> str:
+#: What a stream chunk may carry: reasoning and answer text.
+CHUNK_KEYS = ("thinking", "text")
+
+
+def chunk_pieces(reply: protocol.Reply) -> dict[str, str]:
+    """A stream chunk's non-empty pieces, ``{"thinking": ...}`` and/or ``{"text": ...}``."""
     chunk = reply.chunk
-    text = chunk.get("text") if isinstance(chunk, Mapping) else None
-    return text if isinstance(text, str) else ""
+    if not isinstance(chunk, Mapping):
+        return {}
+    return {key: chunk[key] for key in CHUNK_KEYS
+            if isinstance(chunk.get(key), str) and chunk[key]}
 
 
 def finish(call: Call, reply: protocol.Reply) -> Any:
@@ -290,11 +316,13 @@ class ClientBase:
 
     def _generation_call(self, op: str, key: str, value: Any, generation: Mapping[str, Any],
                          timeout: float | None, stream: bool = False) -> Call:
-        return self._call(op, {key: value, **self._generation_args(generation)}, timeout,
-                          stream=stream)
+        allowed = _CHAT_KEYS if op == "chat" else _GENERATION_KEYS
+        return self._call(op, {key: value, **self._generation_args(generation, allowed)},
+                          timeout, stream=stream)
 
-    def _generation_args(self, generation: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = generation.keys() - _GENERATION_KEYS
+    def _generation_args(self, generation: Mapping[str, Any],
+                         allowed: frozenset[str] = _GENERATION_KEYS) -> dict[str, Any]:
+        unknown = generation.keys() - allowed
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         args = {key: value for key, value in generation.items() if value is not None}

@@ -30,6 +30,7 @@ _METRICS_WHEN_DOWN: dict[str, Any] = {
 def _success(result: Mapping[str, Any], elapsed: float) -> dict[str, Any]:
     outcome = {
         "text": result.get("text", ""),
+        "thinking": result.get("thinking", ""),
         "success": True,
         "response_time": result.get("response_time", elapsed),
         "attempts": result.get("attempts", 1),
@@ -44,16 +45,21 @@ def _success(result: Mapping[str, Any], elapsed: float) -> dict[str, Any]:
     }
     if "message" in result:  # chat
         outcome["message"] = result["message"]
+        outcome["tool_calls"] = result.get("tool_calls", [])
     return outcome
 
 
-def _failure(error: OllamadError, elapsed: float, model: str | None) -> dict[str, Any]:
-    return {
-        "text": "", "success": False, "response_time": elapsed,
+def _failure(error: OllamadError, elapsed: float, model: str | None,
+             chat: bool = False) -> dict[str, Any]:
+    outcome = {
+        "text": "", "thinking": "", "success": False, "response_time": elapsed,
         "attempts": error.attempts or 0, "tokens": 0, "error": error.message,
         "model": model, "done_reason": None, "prompt_tokens": 0, "completion_tokens": 0,
         "tokens_per_second": 0.0, "error_code": error.code.value,
     }
+    if chat:
+        outcome["tool_calls"] = []
+    return outcome
 
 
 def _has_model(names: Iterable[str], model: str | None) -> bool:
@@ -144,11 +150,12 @@ class OllamaClient:
     def generate(self, prompt: str, temperature: float = 0.7, max_tokens: int | None = None,
                  system_prompt: str | None = None, **extra: Any) -> dict[str, Any]:
         """Generate a completion; ``extra`` takes ``model``, ``format``,
-        ``options``, ``keep_alive`` and ``timeout`` (see ``Client.generate``).
+        ``options``, ``keep_alive``, ``think`` and ``timeout`` (see ``Client.generate``).
 
         Returns ``text, success, response_time, attempts, tokens, error`` plus
-        ``model, done_reason, prompt_tokens, completion_tokens,
-        tokens_per_second, error_code``.
+        ``thinking`` (a thinking model's reasoning, else ``""``), ``model,
+        done_reason, prompt_tokens, completion_tokens, tokens_per_second,
+        error_code``.
         """
         return self._outcome(lambda: self.client.generate(
             prompt, temperature=temperature, max_tokens=max_tokens, system=system_prompt,
@@ -157,10 +164,12 @@ class OllamaClient:
     def chat(self, messages: Sequence[Mapping[str, Any]], temperature: float = 0.7,
              max_tokens: int | None = None, system_prompt: str | None = None,
              **extra: Any) -> dict[str, Any]:
-        """Chat completion; the dict of :meth:`generate` plus ``message`` on success."""
+        """Chat completion; ``extra`` also takes ``tools`` (see ``Client.chat``). The dict
+        of :meth:`generate` plus ``tool_calls`` (``[]`` for none) and, on success,
+        ``message``."""
         return self._outcome(lambda: self.client.chat(
             messages, temperature=temperature, max_tokens=max_tokens, system=system_prompt,
-            **extra), extra.get("model"))
+            **extra), extra.get("model"), chat=True)
 
     def generate_batch(self, prompts: Sequence[str], temperature: float = 0.7,
                        max_tokens: int | None = None, system_prompt: str | None = None,
@@ -214,12 +223,13 @@ class OllamaClient:
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
 
-    def _outcome(self, run: Callable[[], Mapping[str, Any]], model: str | None) -> dict[str, Any]:
+    def _outcome(self, run: Callable[[], Mapping[str, Any]], model: str | None,
+                 chat: bool = False) -> dict[str, Any]:
         started = time.monotonic()
         try:
             result = run()
         except OllamadError as exc:
-            return _failure(exc, time.monotonic() - started, model or self.model)
+            return _failure(exc, time.monotonic() - started, model or self.model, chat)
         return _success(result, time.monotonic() - started)
 
 

@@ -8,7 +8,7 @@ import weakref
 from typing import Any, Protocol
 
 from . import protocol
-from ._calls import Call, Outgoing, chunk_text, finish
+from ._calls import Call, Outgoing, chunk_pieces, finish
 
 
 class _Channel(Protocol):
@@ -34,10 +34,11 @@ class StreamBase:
         self._channel, self._outgoing = channel, outgoing
         self._cancel = weakref.finalize(self, channel.abandon_soon, outgoing.request_id)
 
-    def _piece(self, reply: protocol.Reply) -> str | None:
-        """A chunk's text; ``None`` once the final reply has set ``result`` (or raised its error)."""
+    def _pieces(self, reply: protocol.Reply) -> dict[str, str] | None:
+        """A chunk's pieces (see :func:`chunk_pieces`); ``None`` once the final reply has
+        set ``result`` (or raised its error)."""
         if not reply.final:
-            return chunk_text(reply)
+            return chunk_pieces(reply)
         self._done = True
         if self._cancel is not None:
             self._cancel.detach()  # nothing left to cancel; let go of the channel

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Unpack
 
-from ._calls import (Call, ClientBase, DaemonLimits, GenerationOptions, finish, join_batch,
-                     join_embeddings, may_split_embed, split_batch, split_embed)
+from ._calls import (Call, ChatOptions, ClientBase, DaemonLimits, GenerationOptions, finish,
+                     join_batch, join_embeddings, may_split_embed, split_batch, split_embed)
 from ._channel import ThreadChannels
 from ._demux import RequestAbandoned
 from ._stream_base import StreamBase
@@ -48,27 +48,38 @@ class Client(ClientBase):
     def generate(self, prompt: str, *, timeout: float | None = None,
                  **generation: Unpack[GenerationOptions]) -> dict[str, Any]:
         """Generate a completion; returns the daemon's generation result
-        (``text``, ``model``, ``done_reason``, ``prompt_tokens``,
-        ``completion_tokens``, ``tokens``, ``tokens_per_second``, ``attempts``,
-        ``response_time`` and Ollama's durations)."""
+        (``text``, ``thinking`` (a thinking model's reasoning, else ``""``),
+        ``model``, ``done_reason``, ``prompt_tokens``, ``completion_tokens``,
+        ``tokens``, ``tokens_per_second``, ``attempts``, ``response_time`` and
+        Ollama's durations)."""
         return self._run(self._generation_call("generate", "prompt", prompt, generation, timeout))
 
     def stream(self, prompt: str, *, timeout: float | None = None,
                **generation: Unpack[GenerationOptions]) -> Stream:
-        """Like :meth:`generate`, as an iterator of text pieces; ``.result`` at the end."""
+        """Like :meth:`generate`, as an iterator of text pieces; ``.result`` at the end
+        (:meth:`Stream.chunks` gives the reasoning pieces too)."""
         return Stream(self, self._generation_call("generate", "prompt", prompt, generation,
                                                   timeout, stream=True))
 
     def chat(self, messages: Sequence[Mapping[str, Any]], *, timeout: float | None = None,
-             **generation: Unpack[GenerationOptions]) -> dict[str, Any]:
-        """Chat completion over ``messages`` (``{"role", "content"}`` dicts); the
-        result adds ``message`` (``{"role": "assistant", "content"}``)."""
+             **generation: Unpack[ChatOptions]) -> dict[str, Any]:
+        """Chat completion over ``messages``; the result adds ``message``
+        (``{"role": "assistant", "content"}``, with ``thinking`` and ``tool_calls``
+        when there are any: append it to ``messages`` to go on) and ``tool_calls``
+        (the calls the model makes to the functions in ``tools``; ``[]`` for none).
+
+        A message is ``{"role", "content"}`` (role ``system``, ``user``,
+        ``assistant`` or ``tool``) and may carry ``images`` (base64 strings),
+        ``thinking`` and ``tool_calls`` (an earlier answer's), or ``tool_name``
+        (a tool's answer: ``{"role": "tool", "tool_name": "get_weather",
+        "content": "12 C"}``)."""
         return self._run(self._generation_call("chat", "messages", list(messages), generation,
                                                timeout))
 
     def stream_chat(self, messages: Sequence[Mapping[str, Any]], *, timeout: float | None = None,
-                    **generation: Unpack[GenerationOptions]) -> Stream:
-        """Like :meth:`chat`, as an iterator of text pieces; ``.result`` at the end."""
+                    **generation: Unpack[ChatOptions]) -> Stream:
+        """Like :meth:`chat`, as an iterator of text pieces; ``.result`` at the end
+        (with the ``tool_calls``; :meth:`Stream.chunks` gives the reasoning pieces too)."""
         return Stream(self, self._generation_call("chat", "messages", list(messages), generation,
                                                   timeout, stream=True))
 
@@ -193,7 +204,8 @@ class Stream(StreamBase):
 
     Iterate it; after the last piece ``result`` holds the daemon's final
     generation result (or iteration raises the request's ``OllamadError``).
-    Nothing is sent until the first ``next()``.
+    Nothing is sent until the first ``next()``. A thinking model's reasoning
+    is left out of the text pieces; :meth:`chunks` yields it too.
 
     A stream uses the socket of the thread that starts it (shared with that
     thread's other calls and streams). Ending it early cancels the request
@@ -213,8 +225,22 @@ class Stream(StreamBase):
         return self
 
     def __next__(self) -> str:
+        while (pieces := self._next_pieces()) is not None:
+            if "text" in pieces:
+                return pieces["text"]
+        raise StopIteration
+
+    def chunks(self) -> Iterator[dict[str, str]]:
+        """Every piece as it arrives, the reasoning included: dicts with ``"thinking"``
+        and/or ``"text"`` (the reasoning comes first); ``result`` after the last."""
+        while (pieces := self._next_pieces()) is not None:
+            if pieces:
+                yield pieces
+
+    def _next_pieces(self) -> dict[str, str] | None:
+        """The next chunk's pieces; ``None`` at the end."""
         if self._done:
-            raise StopIteration
+            return None
         try:
             if self._outgoing is None:
                 outgoing = self._client._encode(self._call)
@@ -224,14 +250,11 @@ class Stream(StreamBase):
             reply = self._channel.receive(self._outgoing)
         except RequestAbandoned:  # closed meanwhile, from another thread or by Client.close()
             self._done = True
-            raise StopIteration from None
+            return None
         except BaseException:
             self.close()
             raise
-        piece = self._piece(reply)
-        if piece is None:
-            raise StopIteration
-        return piece
+        return self._pieces(reply)
 
     def __enter__(self) -> Stream:
         return self

@@ -6,10 +6,14 @@ before anything reaches Ollama.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
+from ollamad import goduration
 from ollamad.ollama.runner import RunnerPolicy
 from ollamad.retry import OllamaFailure
 from ollamad_client import protocol
@@ -72,6 +76,8 @@ class Limits:
 
 #: Roles Ollama's chat template knows.
 CHAT_ROLES = ("system", "user", "assistant", "tool")
+#: What ``think`` may be besides true and false (api.ThinkValue in Ollama v0.33).
+THINK_LEVELS = ("high", "medium", "low", "max")
 
 
 def _options(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[str, Any]:
@@ -92,6 +98,27 @@ def _options(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[str,
     return options
 
 
+def _keep_alive(args: Mapping[str, Any]) -> str | int | float | None:
+    """``keep_alive`` as Ollama reads it; a string without a unit would be Ollama's 400."""
+    value = _typed(args, "keep_alive", (str, int, float), 'a Go duration ("10m") or seconds')
+    if value is not None:
+        try:
+            goduration.keep_alive_ns(value)
+        except ValueError as exc:
+            raise InvalidArguments(
+                f"'keep_alive' {json.dumps(value)} is not a Go duration ({exc}): a string "
+                'needs a unit ("10m", "1h30m", "-1s" for ever); a number is seconds') from None
+    return value
+
+
+def _think(args: Mapping[str, Any]) -> bool | str | None:
+    value = args.get("think")
+    if value is None or isinstance(value, bool) or value in THINK_LEVELS:
+        return value
+    levels = ", ".join(f'"{level}"' for level in THINK_LEVELS)
+    raise InvalidArguments(f"'think' must be true, false or one of {levels}")
+
+
 def _common_body(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[str, Any]:
     model = _typed(args, "model", (str,), "a string") or defaults.model
     body: dict[str, Any] = {
@@ -104,9 +131,12 @@ def _common_body(args: Mapping[str, Any], defaults: GenerationDefaults) -> dict[
         raise InvalidArguments('\'format\' must be "json" or a JSON schema object')
     if fmt is not None:
         body["format"] = fmt
-    keep_alive = _typed(args, "keep_alive", (str, int, float), "a duration string or seconds")
+    keep_alive = _keep_alive(args)
     # Always said: the daemon knows then how long the model stays (ollamad.ollama.loads).
     body["keep_alive"] = defaults.keep_alive if keep_alive is None else keep_alive
+    think = _think(args)
+    if think is not None:
+        body["think"] = think
     return body
 
 
@@ -130,20 +160,69 @@ def _result(text: str, final: Mapping[str, Any], attempts: int, elapsed: float) 
     }
 
 
+@dataclass
+class Answer:
+    """One attempt's answer as Ollama streams it: pieces for the client, then the result.
+
+    Thinking models stream their reasoning in ``thinking`` (generate) or
+    ``message.thinking`` (chat) before the text; a chat's tool calls come in
+    ``message.tool_calls`` of some line, not necessarily the last.
+    """
+
+    chat: bool
+    text: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
+    tool_calls: list[Any] = field(default_factory=list)
+
+    def add(self, line: Mapping[str, Any]) -> dict[str, str]:
+        """Take one line of Ollama's stream; returns its pieces for a streaming client,
+        ``{"thinking": ...}`` and/or ``{"text": ...}`` (``{}``: none)."""
+        fields = line.get("message") if self.chat else line
+        if not isinstance(fields, Mapping):
+            return {}
+        chunk: dict[str, str] = {}
+        for key, pieces, name in (("thinking", self.thinking, "thinking"),
+                                  ("text", self.text, "content" if self.chat else "response")):
+            piece = fields.get(name)
+            if isinstance(piece, str) and piece:
+                pieces.append(piece)
+                chunk[key] = piece
+        calls = fields.get("tool_calls")
+        if self.chat and isinstance(calls, list):
+            self.tool_calls.extend(calls)
+        return chunk
+
+    @property
+    def has_pieces(self) -> bool:
+        return bool(self.text or self.thinking)
+
+    def result(self, final: Mapping[str, Any], attempts: int, elapsed: float) -> dict[str, Any]:
+        text, thinking = "".join(self.text), "".join(self.thinking)
+        result = _result(text, final, attempts, elapsed)
+        result["thinking"] = thinking
+        if self.chat:
+            # Shaped like Ollama's message (empty fields left out), so that it can
+            # go back as history in the next chat of an agent loop unchanged.
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if thinking:
+                message["thinking"] = thinking
+            if self.tool_calls:
+                message["tool_calls"] = self.tool_calls
+            result["message"] = message
+            result["tool_calls"] = self.tool_calls
+        return result
+
+
 @dataclass(frozen=True)
 class GenerationCall:
-    """A validated generate or chat call: where it goes, what it sends, how to read it."""
+    """A validated generate or chat call: where it goes and what it sends."""
 
     path: str
     body: Mapping[str, Any]
-    piece: Callable[[Mapping[str, Any]], str]
 
-    def result(self, text: str, final: Mapping[str, Any], attempts: int,
-               elapsed: float) -> dict[str, Any]:
-        result = _result(text, final, attempts, elapsed)
-        if self.path == "/api/chat":
-            result["message"] = {"role": "assistant", "content": text}
-        return result
+    def answer(self) -> Answer:
+        """A reader for one attempt's answer (a retry starts a new one)."""
+        return Answer(chat=self.path == "/api/chat")
 
 
 def generate_call(args: Mapping[str, Any], defaults: GenerationDefaults,
@@ -155,7 +234,73 @@ def generate_call(args: Mapping[str, Any], defaults: GenerationDefaults,
     system = _typed(args, "system", (str,), "a string")
     if system is not None:
         body["system"] = system
-    return GenerationCall("/api/generate", body, lambda obj: obj.get("response") or "")
+    return GenerationCall("/api/generate", body)
+
+
+def _function_of(where: str, item: Any) -> dict[str, Any]:
+    """``item["function"]`` of a tool or a tool call, checked: an object with a name."""
+    function = item.get("function") if isinstance(item, dict) else None
+    if not (isinstance(function, dict) and isinstance(function.get("name"), str)
+            and function["name"]):
+        raise InvalidArguments(f"{where} must be an object whose 'function' object has a "
+                               f"'name' string")
+    return function
+
+
+def _tool_call(where: str, call: Any) -> Any:
+    function = _function_of(where, call)
+    if function.get("arguments") is not None and not isinstance(function["arguments"], dict):
+        raise InvalidArguments(f"{where}.function.arguments must be an object")
+    return call
+
+
+def _images(where: str, images: Any) -> list[str]:
+    if not (isinstance(images, list) and all(isinstance(image, str) for image in images)):
+        raise InvalidArguments(f"{where} must be a list of base64 strings")
+    for j, image in enumerate(images):
+        try:
+            # As Go decodes a []byte from JSON: line breaks skipped, padding required.
+            base64.b64decode(image.replace("\r", "").replace("\n", ""), validate=True)
+        except binascii.Error:
+            raise InvalidArguments(f"{where}[{j}] is not base64") from None
+    return images
+
+
+def _chat_message(i: int, message: Any) -> dict[str, Any]:
+    """The message as Ollama gets it: its known fields, checked; other keys are dropped."""
+    where = f"messages[{i}]"
+    if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)):
+        raise InvalidArguments(f"{where} must be an object with string 'role' and 'content'")
+    if message["role"] not in CHAT_ROLES:
+        raise InvalidArguments(f"{where}.role must be one of {', '.join(CHAT_ROLES)}")
+    passed = {"role": message["role"], "content": message["content"]}
+    # thinking: an earlier answer's reasoning; tool_name (and OpenAI-style
+    # tool_call_id): which tool a role "tool" message answers for.
+    for key in ("thinking", "tool_name", "tool_call_id"):
+        if message.get(key) is not None:
+            if not isinstance(message[key], str):
+                raise InvalidArguments(f"{where}.{key} must be a string")
+            passed[key] = message[key]
+    if message.get("images") is not None:
+        passed["images"] = _images(f"{where}.images", message["images"])
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise InvalidArguments(f"{where}.tool_calls must be a list of tool calls")
+        passed["tool_calls"] = [_tool_call(f"{where}.tool_calls[{j}]", call)
+                                for j, call in enumerate(calls)]
+    return passed
+
+
+def _tools(args: Mapping[str, Any]) -> list[Any] | None:
+    tools = _typed(args, "tools", (list,), "a list of tool objects")
+    for i, tool in enumerate(tools or []):
+        function = _function_of(f"tools[{i}]", tool)
+        if function.get("parameters") is not None and not isinstance(function["parameters"],
+                                                                      dict):
+            raise InvalidArguments(f"tools[{i}].function.parameters must be a JSON schema object")
+    return tools
 
 
 def chat_call(args: Mapping[str, Any], defaults: GenerationDefaults) -> GenerationCall:
@@ -163,18 +308,14 @@ def chat_call(args: Mapping[str, Any], defaults: GenerationDefaults) -> Generati
                       required=True)
     if not messages:
         raise InvalidArguments("'messages' must not be empty")
-    for i, message in enumerate(messages):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)):
-            raise InvalidArguments(f"messages[{i}] must be an object with string 'role' and 'content'")
-        if message["role"] not in CHAT_ROLES:
-            raise InvalidArguments(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}")
+    passed = [_chat_message(i, message) for i, message in enumerate(messages)]
     body = _common_body(args, defaults)
     system = _typed(args, "system", (str,), "a string")
-    body["messages"] = ([{"role": "system", "content": system}] if system else []) + \
-        [{"role": m["role"], "content": m["content"]} for m in messages]
-    return GenerationCall("/api/chat", body,
-                          lambda obj: (obj.get("message") or {}).get("content") or "")
+    body["messages"] = ([{"role": "system", "content": system}] if system else []) + passed
+    tools = _tools(args)
+    if tools:
+        body["tools"] = tools
+    return GenerationCall("/api/chat", body)
 
 
 def batch_prompts(args: Mapping[str, Any], max_batch: int) -> list[str]:
@@ -201,7 +342,7 @@ def embed_body(args: Mapping[str, Any], defaults: GenerationDefaults,
     options = defaults.runner.configured(model)
     if options:   # runner options are part of a loaded embedding model too
         body["options"] = options
-    keep_alive = _typed(args, "keep_alive", (str, int, float), "a duration string or seconds")
+    keep_alive = _keep_alive(args)
     if keep_alive is not None:
         body["keep_alive"] = keep_alive
     return body

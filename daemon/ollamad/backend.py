@@ -75,7 +75,8 @@ class CallContext:
 
     deadline: float                       # time.monotonic() by which to answer
     cancel: Cancellation = field(default_factory=Cancellation)
-    on_chunk: Callable[[str], None] | None = None   # streams text to the client
+    #: Streams pieces to the client: {"text": ...} and/or {"thinking": ...}.
+    on_chunk: Callable[[Mapping[str, str]], None] | None = None
     on_progress: Callable[[], None] = lambda: None  # a chunk arrived from Ollama
     #: What the request waits for now (a model load), for the time-out's message; None: done.
     waiting: Callable[[str | None], None] = lambda what: None
@@ -264,7 +265,7 @@ class OllamaBackend:
             self._base_url(ctx)   # Ollama is RUNNING (waited for within the deadline)
             self.loads.ensure(call.body, ctx)
             response = self._post(ctx, call.path, call.body, first_chunk_waits=True)
-            pieces: list[str] = []
+            answer = call.answer()
             final: dict | None = None
             # Read to the end even after the final chunk: a body left unread
             # makes requests close the connection instead of reusing it.
@@ -273,11 +274,9 @@ class OllamaBackend:
                     if "error" in obj:
                         raise OllamaFailure(ErrorCode.BACKEND_ERROR, str(obj["error"]),
                                             retryable=True)
-                    piece = call.piece(obj)
-                    if piece:
-                        pieces.append(piece)
-                        if ctx.on_chunk is not None:
-                            ctx.on_chunk(piece)
+                    chunk = answer.add(obj)
+                    if chunk and ctx.on_chunk is not None:
+                        ctx.on_chunk(chunk)
                     if obj.get("done"):
                         final = obj
                 if final is None:
@@ -286,10 +285,10 @@ class OllamaBackend:
                                         retryable=True)
             except OllamaFailure as failure:
                 # Pieces the client already has would be repeated by a retry.
-                failure.streamed = bool(pieces) and ctx.on_chunk is not None
+                failure.streamed = answer.has_pieces and ctx.on_chunk is not None
                 raise
             self.loads.used(call.body)
-            return call.result("".join(pieces), final, ctx.attempts, time.monotonic() - started)
+            return answer.result(final, ctx.attempts, time.monotonic() - started)
 
         return self._with_retries(ctx, attempt)
 

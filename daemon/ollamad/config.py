@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from ollamad import goduration
 from ollamad.configspec import (ENV_PREFIX, Applies, ConfigError, Key, Rule, check_ranges,
                                 coerce, example_lines, keys, setting, table, toml_value)
 from ollamad.ollama import names, runner
@@ -82,7 +83,7 @@ class OllamaSettings:
                                 "made progress for this many seconds", above=0, high=3600)
     warm_model: bool = setting(True, "load `model` as soon as Ollama runs")
     keep_alive: str = setting("30m", "how long Ollama keeps the model loaded after the probes "
-                              "and warm-up (a Go duration)")
+                              "and warm-up (a Go duration with a unit; \"-1s\": for ever)")
     restart_backoff_initial: float = setting(1.0, "wait before the second restart in a window; "
                                              "it doubles", low=0, high=3600)
     restart_backoff_max: float = setting(30.0, "longest wait between restarts", low=0, high=3600)
@@ -171,6 +172,13 @@ RULES = [
          "must be at least ollama.restart_backoff_initial"),
     Rule(("ollama.url",), lambda c: c.ollama.url.startswith(("http://", "https://")),
          "must start with http:// or https://"),
+    # Ollama takes a bare number as seconds only in JSON numbers; the probes send this
+    # string, and a string without a unit is a 400 for every probe (OLLAMA_KEEP_ALIVE,
+    # which does take "-1", invites the mistake).
+    Rule(("ollama.keep_alive",), lambda c: goduration.is_duration(c.ollama.keep_alive),
+         'must be a Go duration with a unit (Ollama refuses "-1" or "300": "time: missing '
+         'unit in duration"): write "30m" or "1h30m" for a time, "-1s" to keep the model '
+         'loaded for ever, "0s" to unload it after each use'),
     Rule(("socket",), lambda c: c.socket.startswith(("ipc://", "tcp://")),
          "must be an ipc:// or tcp:// endpoint"),
 ]

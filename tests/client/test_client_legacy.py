@@ -9,7 +9,7 @@ import pytest
 
 from ollamad_client import Client, OllamaClient, get_ollama_client
 
-LEGACY_KEYS = {"text", "success", "response_time", "attempts", "tokens", "error", "model",
+LEGACY_KEYS = {"text", "thinking", "success", "response_time", "attempts", "tokens", "error", "model",
                "done_reason", "prompt_tokens", "completion_tokens", "tokens_per_second",
                "error_code"}
 

@@ -60,7 +60,7 @@ def test_start_time_faults_from_flags_and_environment():
     settings = config.load(["--fault", "hang:1", "--fault", "busy"],
                            {"OLLAMAD_STANDIN_FAULTS": "exit:code=3, unresponsive:2"})
     assert [(f.kind, f.remaining, f.params) for f in settings.faults] == [
-        ("exit", None, {"code": 3}), ("unresponsive", 2, {}), ("hang", 1, {}),
+        ("exit", None, {"code": 3}), ("unresponsive", 2, {}), ("hang", 1, {"after_tokens": 0}),
         ("busy", None, {})]
 
 
@@ -98,6 +98,19 @@ def test_hang_holds_generation_while_the_server_still_answers(ollama_standin, wa
     # The client gave up and closed: the hung request ends and frees its slot.
     wait_until(lambda: generations_in_flight(ollama_standin) == 0, what="release")
     assert generate(ollama_standin, stream=False).status_code == 200
+
+
+def test_a_hang_after_tokens_stalls_a_stream_that_has_begun(ollama_standin):
+    ollama_standin.set_fault("hang", count=1, after_tokens=2)
+    response = requests.post(ollama_standin.url + "/api/generate", stream=True, timeout=0.5,
+                             json={"model": "llama3.1:8b", "prompt": "go", "stream": True,
+                                   "options": {"num_predict": 8}})
+    lines = response.iter_lines()
+    first = [json.loads(next(lines)) for _ in range(2)]
+    assert all(not chunk["done"] and chunk["response"] for chunk in first)
+    with pytest.raises(requests.exceptions.ConnectionError, match="timed out"):
+        next(lines)   # the third token never comes
+    response.close()
 
 
 def test_clearing_a_hang_lets_held_requests_finish(ollama_standin, wait_until):

@@ -99,3 +99,21 @@ def test_example_config_parses_and_names_every_key(tmp_path):
     loaded = config.load(path, env={})
     assert loaded.replace(runner_options={}) == config.Config()
     assert loaded.runner_options == {"llama3.1:8b": {"num_ctx": 8192, "num_batch": 512}}
+
+
+@pytest.mark.parametrize("value", ["-1", "300", "30 m", ""])
+def test_a_keep_alive_that_is_no_go_duration_is_refused_naming_the_key_and_the_fix(value):
+    # OLLAMA_KEEP_ALIVE takes "-1"; Ollama's API, where the probes send this, does not.
+    with pytest.raises(ConfigError) as err:
+        config.load(env={"OLLAMAD_OLLAMA_KEEP_ALIVE": value})
+    message = str(err.value)
+    assert message.startswith("ollama.keep_alive: must be a Go duration with a unit"), message
+    assert '"-1s" to keep the model loaded for ever' in message
+    assert f"now ollama.keep_alive = {value!r}" in message
+    assert "set by OLLAMAD_OLLAMA_KEEP_ALIVE" in message
+
+
+@pytest.mark.parametrize("value", ["30m", "1h30m", "-1s", "0", "0s", "1.5h"])
+def test_go_durations_are_valid_keep_alives(tmp_path, value):
+    path = write(tmp_path, f'[ollama]\nkeep_alive = "{value}"\n')
+    assert config.load(path, env={}).ollama.keep_alive == value

@@ -38,10 +38,10 @@ from typing import Any, Callable, Mapping, Protocol
 
 import requests
 
+from ollamad import goduration
 from ollamad.ollama import names
 from ollamad.ollama.runner import OPTIONS as RUNNER_OPTIONS
 from ollamad.retry import OllamaFailure, classify_status
-from ollamad.testing.standin import gotime
 from ollamad_client.protocol import ErrorCode
 
 log = logging.getLogger("ollamad.loads")
@@ -65,11 +65,8 @@ class Waiter(Protocol):
 
 def keep_alive_seconds(value: Any) -> float:
     """How long Ollama keeps a model after a request with this ``keep_alive`` (inf: forever)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        seconds = gotime.parse_duration(str(value)) / gotime.NS_PER_S
-    return math.inf if seconds < 0 else seconds
+    ns = goduration.keep_alive_ns(value)
+    return math.inf if ns == goduration.FOREVER_NS else ns / goduration.NS_PER_S
 
 
 def _options_key(options: Mapping[str, Any]) -> tuple:

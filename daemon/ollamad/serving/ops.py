@@ -135,7 +135,7 @@ class Dispatcher:
                 ctx.on_progress = self.progress.touch
                 if exchange.request.stream:
                     stall = self.backend.policy.attempt_timeout
-                    ctx.on_chunk = lambda text: exchange.send_chunk({"text": text}, stall)
+                    ctx.on_chunk = lambda chunk: exchange.send_chunk(chunk, stall)
                 self.progress.begin()
             try:
                 done(work(ctx), None, ctx.attempts, started)

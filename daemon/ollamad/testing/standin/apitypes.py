@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ollamad.testing.standin import gojson, gotime
+from ollamad import goduration
+from ollamad.testing.standin import gojson
 from ollamad.testing.standin.gojson import ANY, BOOL, DURATION, INT, MAP, RAW, STRING
 
 SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -115,15 +116,12 @@ def think_value(value: Any) -> bool | str:
 def keep_alive_ns(value: Any) -> int:
     """api.Duration.UnmarshalJSON: seconds (fractions too) or a Go duration string with a
     unit; negative = forever."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return gotime.FOREVER_NS if value < 0 else int(value * gotime.NS_PER_S)
-    if isinstance(value, str):
-        try:
-            ns = gotime.parse_duration(value)
-        except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
-        return gotime.FOREVER_NS if ns < 0 else ns
-    raise ApiError(400, f"Unsupported type: '{gojson.go_type_name(value)}'")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ApiError(400, f"Unsupported type: '{gojson.go_type_name(value)}'")
+    try:
+        return goduration.keep_alive_ns(value)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def unloads_now(keep_alive: int | None) -> bool:

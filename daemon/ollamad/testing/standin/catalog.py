@@ -16,8 +16,9 @@ import re
 import threading
 from dataclasses import asdict, dataclass, replace
 
+from ollamad.goduration import NS_PER_S
 from ollamad.ollama.names import canonical as canonical_name
-from ollamad.testing.standin.gotime import NS_PER_S, rfc3339_nano
+from ollamad.testing.standin.gotime import rfc3339_nano
 
 DEFAULT_MODELS = ("llama3.1:8b", "llama3.2:1b", "qwen3:0.6b", "nomic-embed-text:latest")
 

@@ -15,7 +15,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Mapping
 
-from ollamad.testing.standin import gotime
+from ollamad import goduration
 from ollamad.testing.standin.catalog import DEFAULT_MODELS
 from ollamad.testing.standin.faults import Fault, parse_spec, parse_specs
 
@@ -95,23 +95,23 @@ def _env_duration(env: Mapping[str, str], name: str, default_ns: int) -> int:
     text = env.get(name, "").strip()
     if text:
         try:
-            return gotime.parse_duration(text)
+            return goduration.parse_duration(text)
         except ValueError:
             try:
-                return int(text) * gotime.NS_PER_S
+                return int(text) * goduration.NS_PER_S
             except ValueError:
                 pass
     return default_ns
 
 
 def _env_keep_alive(env: Mapping[str, str]) -> int:
-    keep_alive = _env_duration(env, "OLLAMA_KEEP_ALIVE", 5 * 60 * gotime.NS_PER_S)
-    return gotime.FOREVER_NS if keep_alive < 0 else keep_alive  # negative = forever
+    keep_alive = _env_duration(env, "OLLAMA_KEEP_ALIVE", 5 * 60 * goduration.NS_PER_S)
+    return goduration.FOREVER_NS if keep_alive < 0 else keep_alive  # negative = forever
 
 
 def _env_load_timeout(env: Mapping[str, str]) -> int:
-    timeout = _env_duration(env, "OLLAMA_LOAD_TIMEOUT", 5 * 60 * gotime.NS_PER_S)
-    return gotime.FOREVER_NS if timeout <= 0 else timeout  # zero or negative = forever
+    timeout = _env_duration(env, "OLLAMA_LOAD_TIMEOUT", 5 * 60 * goduration.NS_PER_S)
+    return goduration.FOREVER_NS if timeout <= 0 else timeout  # zero or negative = forever
 
 
 _EPILOG = """\

@@ -240,7 +240,7 @@ class Inference:
                 elif "piece" in event:
                     if crash_after is not None and emitted >= crash_after:
                         self._crash(runner)
-                    if emitted == hang_after:   # mid-stream: the answer stops coming
+                    if hang_after and emitted == hang_after:   # mid-stream: it stops coming
                         self._wait_out_hang(exchange, hang)
                     reply.step(plan.steps[emitted][0], event["piece"])
                     emitted += 1

@@ -22,12 +22,13 @@ import threading
 import time
 from typing import Callable, Iterator
 
+from ollamad.goduration import NS_PER_S
 from ollamad.testing.standin import log
 from ollamad.testing.standin import runner as runner_program
 from ollamad.testing.standin.apitypes import (
     LOAD_TIMED_OUT, MODEL_CRASHED, RUNNER_STOPPED, ApiError, ClientGone)
 from ollamad.testing.standin.catalog import Model
-from ollamad.testing.standin.gotime import NS_PER_S, rfc3339_nano
+from ollamad.testing.standin.gotime import rfc3339_nano
 from ollamad.testing.standin.memory import Placement
 from ollamad.testing.standin.runneroptions import RunnerOptions
 

@@ -21,11 +21,11 @@ import threading
 import time
 from typing import Callable
 
+from ollamad.goduration import FOREVER_NS, NS_PER_S
 from ollamad.testing.standin import log
 from ollamad.testing.standin.apitypes import LOAD_ABORTED, ClientGone
 from ollamad.testing.standin.catalog import Model
 from ollamad.testing.standin.config import Settings
-from ollamad.testing.standin.gotime import FOREVER_NS, NS_PER_S
 from ollamad.testing.standin.memory import Placement, place
 from ollamad.testing.standin.runneroptions import RunnerOptions
 from ollamad.testing.standin.runnerprocess import LoadAborted, Runner
