@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections import namedtuple
 
 import pytest
 
 from ollamad.config import Config, OllamaSettings
 from ollamad.supervisor import State, SupervisorError, probes
+from ollamad.supervisor.listeners import takes_connections
 from ollamad.supervisor.policy import RestartPolicy
 from ollamad.supervisor.probes import ProbeResult, is_hung
 from ollamad.supervisor.process import (check_command, child_env, command_argv, connect_url,
                                         describe_exit, listen_address)
 from ollamad.supervisor.states import TRANSITIONS, InvalidTransition, check_transition
+
+Address = namedtuple("Address", "ip port")   # as psutil reports a socket's laddr
 
 
 def test_every_state_can_reach_stopped_and_running_only_from_starting():
@@ -83,6 +87,17 @@ def test_urls_and_listen_address():
     assert connect_url("http://127.0.0.1:0") is None
     assert connect_url("http://127.0.0.1:0", 4321) == "http://127.0.0.1:4321"
     assert connect_url("http://0.0.0.0:11434") == "http://127.0.0.1:11434"
+
+
+@pytest.mark.parametrize("listening, host, takes", [
+    ("127.0.0.1", "127.0.0.1", True), ("0.0.0.0", "127.0.0.1", True),
+    ("::", "127.0.0.1", True),         # Go's [::] is dual-stack
+    ("::", "::1", True), ("::1", "::1", True), ("0.0.0.0", "::1", False),
+    ("127.0.0.1", "::1", False), ("::1", "127.0.0.1", False), ("10.0.0.1", "127.0.0.1", False),
+    ("127.0.0.1", "localhost", True)])  # a name: any address may be it
+def test_which_listening_socket_takes_connections_to_the_url(listening, host, takes):
+    assert takes_connections(Address(listening, 11434), host, 11434) is takes
+    assert not takes_connections(Address(listening, 11435), host, 11434)
 
 
 def test_child_env_is_scrubbed_and_sets_ollamas_shape():

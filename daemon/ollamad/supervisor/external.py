@@ -1,7 +1,8 @@
 """External mode: an Ollama someone else started (a distribution's ``ollama.service``).
 
 We probe it exactly like one we spawned and report what we see, including
-its process when we can find it: the process listening on the URL's port.
+its process when we can find it: the process listening on the URL's port
+(:class:`~.listeners.ListenerFinder`).
 Finding another user's socket owner may need privileges; without them the
 process is simply not reported. We never signal it. The only way we restart
 it is ``ollama.restart_command`` (for example ``systemctl restart ollama``),
@@ -11,76 +12,78 @@ run with a time-out.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
+from typing import Any
 
-import psutil
-
+from ollamad.config import Config, OllamaSettings
 from ollamad.notify import child_environment
-from ollamad.supervisor.process import connect_url, host_port
+from ollamad.supervisor.listeners import ListenerFinder
+from ollamad.supervisor.modes import Ended, Runner
+from ollamad.supervisor.process import connect_url
 from ollamad.supervisor.proctree import ProcessTree
+from ollamad.supervisor.states import SupervisorError
 from ollamad.supervisor.system import System
 
 log = logging.getLogger("ollamad.supervisor")
 
 
-def _listens_on(connection, port: int) -> bool:
-    return (connection.status == psutil.CONN_LISTEN and bool(connection.laddr)
-            and connection.laddr.port == port)
-
-
-class ListenerFinder:
-    """Finds the pid listening on a URL's port, re-checking the last one found before scanning."""
-
-    def __init__(self, url: str):
-        self.port = host_port(url)[1]
-        self._last: psutil.Process | None = None
-        self._denied_logged = False
-
-    def find(self) -> int | None:
-        if self._last is not None:
-            try:
-                if self._last.is_running() and any(
-                        _listens_on(c, self.port) for c in self._last.net_connections(kind="tcp")):
-                    return self._last.pid
-            except psutil.Error:
-                pass
-            self._last = None
-        try:
-            connections = psutil.net_connections(kind="tcp")
-        except psutil.AccessDenied:
-            if not self._denied_logged:
-                log.info("cannot list sockets (no privilege): the external Ollama's process "
-                         "is not reported")
-                self._denied_logged = True
-            return None
-        for connection in connections:
-            if connection.pid and _listens_on(connection, self.port):
-                try:
-                    self._last = psutil.Process(connection.pid)
-                except psutil.Error:
-                    continue
-                return connection.pid
-        return None
-
-
 class ExternalOllama:
-    """The Ollama at a configured URL, and its process tree when we can find it."""
+    """The Ollama at the configured URL, and its process tree when we can find it."""
 
-    def __init__(self, url: str, system: System):
-        self.url = connect_url(url)
-        self._finder = ListenerFinder(url)
+    mode = "external"
+    command = None
+
+    def __init__(self, system: System):
         self._system = system
+        self._finder: ListenerFinder | None = None
+        self.url: str | None = None
         self.tree: ProcessTree | None = None
+        self.started_at = 0.0
 
-    def find_tree(self) -> ProcessTree | None:
-        """Look for the listening process again; keep the tree while it is the same process."""
-        pid = self._finder.find()
-        if pid is None:
-            self.tree = None
-        elif self.tree is None or self.tree.root_pid != pid:
-            self.tree = ProcessTree(pid, self._system)
-        return self.tree
+    @property
+    def pid(self) -> int | None:
+        tree = self.tree
+        return tree.root_pid if tree else None
+
+    def cannot_restart(self, settings: OllamaSettings) -> str | None:
+        if settings.restart_command:
+            return None
+        return "it runs in external mode and ollama.restart_command is not set"
+
+    def launch(self, config: Config, restart: bool, run: Runner) -> str | None:
+        """Watch ``ollama.url`` (anew: it may have been reloaded); after a failure or an
+        operator's request, run the restart command first."""
+        self.url, self.tree = connect_url(config.ollama.url), None
+        if self.url is None:
+            raise SupervisorError(f"ollama.url {config.ollama.url!r}: external mode needs a port")
+        self._finder = ListenerFinder(config.ollama.url, self._system)
+        command, timeout = config.ollama.restart_command, config.ollama.startup_timeout
+        error = None
+        if restart and command:
+            error = run(lambda: run_restart_command(self._system, command, timeout), timeout,
+                        f"restart command {command!r} did not finish")
+            if error:
+                log.error("%s", error)
+        self.started_at = self._system.monotonic()
+        return error
+
+    def exit_watch(self) -> tuple[list[int], float]:
+        return [], math.inf   # not our child: its exit shows as failed probes
+
+    def has_exited(self) -> bool:
+        return False
+
+    def process_stats(self) -> dict[str, Any] | None:
+        """Look for the listening process again (it may have been restarted), then its stats."""
+        self.tree = self._finder.find() if self._finder else None
+        return self.tree.stats() if self.tree else None
+
+    def halt(self, grace: float) -> Ended | None:
+        """Never signalled: only forgotten, until the next probe round finds it again."""
+        self.tree = None
+        return None
 
 
 def run_restart_command(system: System, command: str, timeout: float) -> str | None:

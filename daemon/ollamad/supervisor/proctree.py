@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any, Callable
 
 import psutil
 
@@ -46,6 +47,29 @@ class ProcessTree:
             self.root_created = self._root.create_time()
         except psutil.Error:
             self._root, self.root_created = None, 0.0
+
+    @property
+    def root_exists(self) -> bool:
+        """The server (same pid and create time) exists, maybe as a zombie: its pid is held."""
+        return self._root is not None and self._root.is_running()
+
+    def listens(self, answers: Callable[[Any], bool]) -> bool | None:
+        """Whether a process of the tree has a LISTEN socket whose address ``answers`` accepts;
+        None when psutil may not read some process's sockets (for our own processes, only
+        where /proc is restricted)."""
+        if self._root is None:
+            return False
+        denied = False
+        for process in [self._root, *self.descendants()]:
+            try:
+                if any(c.status == psutil.CONN_LISTEN and answers(c.laddr)
+                       for c in process.net_connections(kind="tcp")):
+                    return True
+            except psutil.AccessDenied:
+                denied = True
+            except psutil.Error:
+                pass
+        return None if denied else False
 
     def descendants(self) -> list[psutil.Process]:
         """The live descendants of the server, remembered for a later sweep."""

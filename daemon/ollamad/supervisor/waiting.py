@@ -2,7 +2,7 @@
 
 The thread blocks only in :meth:`Waiter.pause`, a ``poll`` on the wake pipe
 (other threads' requests, finished helper threads, news from the server's
-log) and the server's pidfd (its exit). Before and after each wait the
+log) and whatever tells the server's exit (its pidfd). Before and after each wait the
 supervisor's ``check_events`` raises an :class:`Interrupt` when something
 must be handled now: a stop, a restart request, the server's exit. HTTP
 probes and commands run in helper threads (:class:`~.probes.Job`) that
@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any, Callable, TypeVar
 
 from ollamad.supervisor.probes import Job
-from ollamad.supervisor.process import EXIT_POLL, ServerProcess
 from ollamad.supervisor.system import System, WakePipe
 
 T = TypeVar("T")
@@ -43,11 +42,13 @@ class Exited(Interrupt):
 
 class Waiter:
     def __init__(self, system: System, check_events: Callable[[], None],
-                 server: Callable[[], ServerProcess | None]):
+                 exit_watch: Callable[[], tuple[list[int], float]]):
+        """``exit_watch()``: the fds readable once the server exits, and the longest wait
+        without looking (:meth:`~.modes.OllamaServer.exit_watch`)."""
         self.wake_pipe = WakePipe()
         self._system = system
         self._check_events = check_events
-        self._server = server
+        self._exit_watch = exit_watch
 
     def wake(self) -> None:
         self.wake_pipe.wake()
@@ -57,13 +58,10 @@ class Waiter:
         self._check_events()
         timeout = deadline - self._system.monotonic()
         if timeout > 0:
-            fds = [self.wake_pipe.read_fd]
-            server = self._server()
-            if server and server.pidfd is not None:
-                fds.append(server.pidfd)
-            elif server:
-                timeout = min(timeout, EXIT_POLL)
-            if self.wake_pipe.read_fd in self._system.wait_readable(fds, timeout):
+            exit_fds, longest = self._exit_watch()
+            readable = self._system.wait_readable([self.wake_pipe.read_fd, *exit_fds],
+                                                  min(timeout, longest))
+            if self.wake_pipe.read_fd in readable:
                 self.wake_pipe.drain()
         self._check_events()
 
