@@ -67,6 +67,13 @@ def test_running_only_once_root_answers_and_warm_model_is_listed(supervise, make
     assert [r["model"] for r in control(url)["runners"]] == [MODEL]
 
 
+def test_an_ipv6_server_on_port_0_is_found_and_proven_ours(supervise, make_config, wait_for):
+    supervisor, _, _ = supervise(make_config(url="http://[::1]:0"))
+    snap = running(supervisor, wait_for)
+    assert snap["url"].startswith("http://[::1]:") and not snap["url"].endswith(":1")
+    assert generate(snap["url"]).status_code == 200
+
+
 def test_kill_9_restarts_and_sweeps_the_orphaned_runner(supervise, make_config, wait_for):
     supervisor, system, _ = supervise(make_config())
     running(supervisor, wait_for)

@@ -14,7 +14,7 @@ from ollamad.supervisor.listeners import takes_connections
 from ollamad.supervisor.policy import RestartPolicy
 from ollamad.supervisor.probes import ProbeResult, is_hung
 from ollamad.supervisor.process import (check_command, child_env, command_argv, connect_url,
-                                        describe_exit, listen_address)
+                                        describe_exit, listen_address, listening_port)
 from ollamad.supervisor.states import TRANSITIONS, InvalidTransition, check_transition
 
 Address = namedtuple("Address", "ip port")   # as psutil reports a socket's laddr
@@ -87,6 +87,18 @@ def test_urls_and_listen_address():
     assert connect_url("http://127.0.0.1:0") is None
     assert connect_url("http://127.0.0.1:0", 4321) == "http://127.0.0.1:4321"
     assert connect_url("http://0.0.0.0:11434") == "http://127.0.0.1:11434"
+
+
+@pytest.mark.parametrize("address, port", [
+    ("[::1]:40123", 40123), ("[::]:11434", 11434), ("127.0.0.1:40123", 40123),
+    ("0.0.0.0:8", 8)])
+def test_listening_line_gives_the_port_for_ipv4_and_ipv6(address, port):
+    line = (f'time=2025-06-01T10:00:00.000Z level=INFO source=routes.go:1331 '
+            f'msg="Listening on {address} (version 0.33.0)"')
+    assert listening_port(line) == port
+    assert listening_port(f"Listening on {address} (version 0.33.0)") == port
+    assert listening_port("time=... level=INFO source=routes.go:1331 msg=\"inference compute\"") \
+        is None
 
 
 @pytest.mark.parametrize("listening, host, takes", [

@@ -8,8 +8,9 @@ group and session ids we signal and scan cannot belong to anyone else.
 What the server says on stderr (and stdout) is logged line by line under the
 ``ollamad.ollama`` logger as ``ollama[PID]: ...``, and two lines are read for
 meaning: ``Listening on HOST:PORT`` gives the port when it was chosen by
-Ollama (port 0), and an ``Error: ...`` line (such as ``bind: address already
-in use``) becomes the reason the server failed.
+Ollama (port 0; HOST may be an IPv6 literal, ``[::1]``), and an ``Error:
+...`` line (such as ``bind: address already in use``) becomes the reason the
+server failed.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ KILL_WAIT = 5.0
 #: How often to look for an exit where there is no pidfd.
 EXIT_POLL = 0.05
 
-_LISTENING = re.compile(r"Listening on (\S+?:\d+)")
+# Greedy up to the last colon: the host may be an IPv6 literal ("[::1]").
+_LISTENING = re.compile(r"Listening on \S+:(\d+)\b")
 _LEVEL = re.compile(r"\blevel=(\w+)")
 _LEVELS = {"ERROR": logging.ERROR, "WARN": logging.WARNING, "WARNING": logging.WARNING,
            "DEBUG": logging.DEBUG}
@@ -158,6 +160,12 @@ def connect_url(url: str, port: int | None = None) -> str | None:
     return f"{urlsplit(url).scheme}://{_bracket(_WILDCARD_HOSTS.get(host, host))}:{port}"
 
 
+def listening_port(line: str) -> int | None:
+    """The port of a ``Listening on HOST:PORT (version X)`` log line, None for other lines."""
+    found = _LISTENING.search(line)
+    return int(found.group(1)) if found else None
+
+
 def describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -220,9 +228,9 @@ class ServerProcess:
             found = _LEVEL.search(line)
             level = _LEVELS.get(found.group(1).upper(), logging.INFO) if found else logging.INFO
         ollama_log.log(level, "ollama[%d]: %s", self.pid, line)
-        listening = _LISTENING.search(line)
-        if listening and self.url is None:
-            self.url = connect_url(self._configured_url, int(listening.group(1).rsplit(":", 1)[1]))
+        port = listening_port(line)
+        if port is not None and self.url is None:
+            self.url = connect_url(self._configured_url, port)
             self._on_news()
 
     # -- exit --------------------------------------------------------------------
