@@ -184,3 +184,24 @@ def _state(client):
         return client.status()["ollama"]["state"]
     except Exception:
         return None
+
+
+def test_a_sigstopped_ollama_is_running_again_within_3_probe_intervals(daemon_factory, reaper,
+                                                                        wait_for):
+    # stop_grace 10 s: were the stopped server not continued after SIGTERM, the restart would
+    # wait all of it for the SIGKILL.
+    interval = 0.5
+    daemon = daemon_factory({"ollama": {"probe_interval": interval, "probe_timeout": 0.3,
+                                        "inference_probe_timeout": 0.5, "stop_grace": 10.0}})
+    before = daemon.wait_ready()["ollama"]
+    with daemon.client(timeout=2.0) as client:
+        os.kill(before["pid"], signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        after = wait_for(lambda: (s := client.status()["ollama"])["state"] == "RUNNING"
+                         and s["pid"] not in (None, before["pid"]) and s, 3 * interval + 5,
+                         "RUNNING again")
+        took = time.monotonic() - stopped_at
+    reaper.track(after["pid"])
+    assert took < 3 * interval, f"{took:.2f} s"
+    assert after["last_reason"] == f"ollama[{before['pid']}] is stopped (SIGSTOP?)"
+    assert after["last_exit"]["code"] == 0   # it obeyed SIGTERM: no SIGKILL

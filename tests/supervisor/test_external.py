@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -74,3 +76,19 @@ def test_external_outage_and_return(supervise, make_config, wait_for, ollama_sta
     wait_for(lambda: supervisor.snapshot()["pid"] == again.pid, 10, "the new Ollama's pid")
     assert states[-3:] == ["EXITED", "STARTING", "RUNNING"]
     assert system.signals == [] and system.spawned == []
+
+
+def test_a_stopped_external_ollama_is_reported_at_once_and_never_signalled(
+        supervise, make_config, wait_for, ollama_standin_factory):
+    standin = ollama_standin_factory()
+    supervisor, system, _ = supervise(external_config(make_config, standin, probe_timeout=0.3))
+    wait_for(lambda: supervisor.snapshot()["pid"] == standin.pid, 10, "its process")
+    os.kill(standin.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: supervisor.state is State.EXITED, 5, "EXITED")
+        reason = supervisor.snapshot()["last_reason"]
+        assert reason == f"ollama[{standin.pid}] is stopped (SIGSTOP?)"
+    finally:
+        os.kill(standin.pid, signal.SIGCONT)
+    assert supervisor.wait_running(time.monotonic() + 10)
+    assert system.signals == [] and system.commands == []

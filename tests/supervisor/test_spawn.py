@@ -175,7 +175,8 @@ def test_stop_escalates_to_sigkill_within_its_timeout(supervise, make_config, wa
     assert time.monotonic() - started < 2.5
     assert supervisor.state is State.STOPPED and gone(server)
     assert [s for s in system.signals if s[0] == "killpg"] == [
-        ("killpg", server, signal.SIGTERM), ("killpg", server, signal.SIGKILL)]
+        ("killpg", server, signal.SIGTERM), ("killpg", server, signal.SIGCONT),
+        ("killpg", server, signal.SIGKILL)]
 
 
 def ignores_sigterm(pid: int) -> bool:

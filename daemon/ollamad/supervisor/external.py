@@ -75,6 +75,9 @@ class ExternalOllama:
     def has_exited(self) -> bool:
         return False
 
+    def stopped(self) -> str | None:
+        return self.tree.stopped() if self.tree else None
+
     def process_stats(self) -> dict[str, Any] | None:
         """Look for the listening process again (it may have been restarted), then its stats."""
         self.tree = self._finder.find() if self._finder else None

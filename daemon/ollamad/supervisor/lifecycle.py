@@ -11,7 +11,9 @@ RUNNING:
 
 1. the process exits (spawn mode: its pidfd);
 2. ``GET /`` fails 3 times in a row (:mod:`.health`);
-3. Ollama is hung: the inference probe timed out and no in-flight
+3. a probe fails and the server is stopped (SIGSTOP): at once, since a
+   stopped process answers nothing until it is continued;
+4. Ollama is hung: the inference probe timed out and no in-flight
    generation has made progress for ``hang_after`` seconds, or none is in
    flight. A long generation that keeps making progress is never killed
    (the rule: :mod:`.probes`).
@@ -127,6 +129,10 @@ class Lifecycle:
                 if result.ok:
                     self._became_running(url)
                     return
+                stopped = self._ollama.stopped()
+                if stopped:
+                    self._failed_running(stopped)
+                    return
             now = self._system.monotonic()
             if now >= started + timeout:
                 last = f" (last: {result.error})" if result else " (it never logged its port)"
@@ -160,6 +166,12 @@ class Lifecycle:
             assert url is not None
             verdict = self._health.probe(url, config, full, self._waiter.wait_for)
             self._note(verdict, full)
+            # A stopped server answers nothing until continued: no point in probing it again.
+            probe_failed = verdict.record is not None and not verdict.record["ok"]
+            stopped = self._ollama.stopped() if probe_failed else None
+            if stopped:
+                self._failed_running(stopped)
+                return
             if verdict.hung and self._ollama.cannot_restart(config.ollama):
                 self._report_hang(verdict.reason)
                 continue

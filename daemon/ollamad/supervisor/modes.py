@@ -62,9 +62,12 @@ class OllamaServer(Protocol):
     def has_exited(self) -> bool:
         """Our server exited by itself (not reaped yet)."""
 
+    def stopped(self) -> str | None:
+        """A probe failed: why the server cannot answer although it exists (SIGSTOP)."""
+
     def process_stats(self) -> dict[str, Any] | None:
         """The tree's resources, in a full probe round (:meth:`ProcessTree.stats`)."""
 
     def halt(self, grace: float) -> Ended | None:
-        """Stop our server (SIGTERM, ``grace``, SIGKILL to its group), sweep and reap it;
-        None when there was none. Either way the process we knew is forgotten."""
+        """Stop our server (:func:`~.proctree.stop_group`), sweep and reap it; None when
+        there was none. Either way the process we knew is forgotten."""

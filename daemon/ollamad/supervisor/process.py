@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from ollamad.config import Config, OllamaSettings
 from ollamad.notify import child_environment
-from ollamad.supervisor.proctree import ProcessTree
+from ollamad.supervisor.proctree import KILL_WAIT, ProcessTree, stop_group
 from ollamad.supervisor.states import SupervisorError
 from ollamad.supervisor.system import System
 
@@ -39,8 +39,6 @@ ollama_log = logging.getLogger("ollamad.ollama")
 MAX_LOG_LINE = 64 * 1024
 #: How long to wait for the log reader to drain the last lines after an exit.
 READER_JOIN = 1.0
-#: How long to wait, after SIGKILL, for the server to be gone.
-KILL_WAIT = 5.0
 #: How often to look for an exit where there is no pidfd.
 EXIT_POLL = 0.05
 
@@ -255,17 +253,9 @@ class ServerProcess:
         return True
 
     def stop(self, grace: float) -> None:
-        """SIGTERM to the group, up to ``grace`` seconds, then SIGKILL to the group. Not reaped."""
-        if self.has_exited():
-            return
-        self._system.killpg(self.pid, signal.SIGTERM)
-        if self.wait_exit(grace):
-            return
-        log.warning("ollama[%d] did not stop within %g s; sending SIGKILL to its group",
-                    self.pid, grace)
-        self._system.killpg(self.pid, signal.SIGKILL)
-        if not self.wait_exit(KILL_WAIT):
-            log.error("ollama[%d] still there %g s after SIGKILL", self.pid, KILL_WAIT)
+        """:func:`~.proctree.stop_group` unless it exited already. Not reaped."""
+        if not self.has_exited():
+            stop_group(self._system, self.pid, grace, self.wait_exit)
 
     def shut_down(self, grace: float, sweep_timeout: float) -> tuple[int | None, int]:
         """:meth:`stop` (if still running), sweep the orphans, then reap.

@@ -31,7 +31,29 @@ log = logging.getLogger("ollamad.supervisor")
 
 #: How often to look whether swept processes are gone.
 SWEEP_POLL = 0.02
+#: How long to wait, after SIGKILL, for a server to be gone.
+KILL_WAIT = 5.0
 CMDLINE_LIMIT = 200
+
+
+def stop_group(system: System, pgid: int, grace: float,
+               wait_gone: Callable[[float], bool]) -> None:
+    """SIGTERM and SIGCONT to the group ``pgid`` leads, up to ``grace`` seconds for the leader
+    to go (``wait_gone(timeout)``), then SIGKILL to the group.
+
+    SIGCONT follows SIGTERM because a stopped process (SIGSTOP, a terminal's
+    Ctrl-Z) acts on SIGTERM only once continued: without it the whole grace
+    period passes for nothing. The caller makes sure the leader still exists
+    (alive or a zombie), so that the group id cannot be anybody else's.
+    """
+    system.killpg(pgid, signal.SIGTERM)
+    system.killpg(pgid, signal.SIGCONT)
+    if wait_gone(grace):
+        return
+    log.warning("ollama[%d] did not stop within %g s; sending SIGKILL to its group", pgid, grace)
+    system.killpg(pgid, signal.SIGKILL)
+    if not wait_gone(KILL_WAIT):
+        log.error("ollama[%d] still there %g s after SIGKILL", pgid, KILL_WAIT)
 
 
 class ProcessTree:
@@ -52,6 +74,18 @@ class ProcessTree:
     def root_exists(self) -> bool:
         """The server (same pid and create time) exists, maybe as a zombie: its pid is held."""
         return self._root is not None and self._root.is_running()
+
+    def stopped(self) -> str | None:
+        """Why the server cannot run although it exists: stopped by a signal or a tracer."""
+        try:
+            status = self._root.status() if self._root else None
+        except psutil.Error:
+            return None
+        if status == psutil.STATUS_STOPPED:
+            return f"ollama[{self.root_pid}] is stopped (SIGSTOP?)"
+        if status == psutil.STATUS_TRACING_STOP:
+            return f"ollama[{self.root_pid}] is stopped by a tracer (tracing-stop)"
+        return None
 
     def listens(self, answers: Callable[[Any], bool]) -> bool | None:
         """Whether a process of the tree has a LISTEN socket whose address ``answers`` accepts;

@@ -1,7 +1,7 @@
 """Spawn mode: the ``ollama serve`` we start and stop.
 
 * A start spawns a :class:`~.process.ServerProcess`.
-* A stop signals the group (SIGTERM, ``stop_grace``, SIGKILL),
+* A stop signals the group (SIGTERM, SIGCONT, ``stop_grace``, SIGKILL),
   sweeps orphans and reaps.
 """
 
@@ -72,6 +72,9 @@ class SpawnedOllama:
 
     def has_exited(self) -> bool:
         return self._process is not None and self._process.has_exited()
+
+    def stopped(self) -> str | None:
+        return self._process.tree.stopped() if self._process else None
 
     def process_stats(self) -> dict[str, Any] | None:
         if self._process is None:

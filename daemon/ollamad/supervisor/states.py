@@ -8,8 +8,8 @@ STARTING  launched (or, in external mode, restart command run); waiting
           for ``GET /`` to answer 200
 RUNNING   ``GET /`` answered; probed every ``probe_interval``
 BACKOFF   failed; waiting out the restart back-off before the next start
-STOPPING  being stopped (spawn mode: SIGTERM, grace, SIGKILL, sweep;
-          external mode: only no longer watched)
+STOPPING  being stopped (spawn mode: SIGTERM and SIGCONT, grace, SIGKILL,
+          sweep; external mode: only no longer watched)
 EXITED    gone (exited, killed after failing a probe, or, in external
           mode, no longer answering)
 FATAL     failed too often in the restart window; no more restarts until
