@@ -185,18 +185,23 @@ def ignores_sigterm(pid: int) -> bool:
     return bool(int(ignored, 16) & (1 << (signal.SIGTERM - 1)))
 
 
-def test_port_in_use_is_a_clear_error(supervise, make_config, wait_for):
+def test_port_in_use_is_fatal_at_once_and_names_the_holder(supervise, make_config, wait_for):
+    """A port held by a socket that answers nothing: our server exits with Ollama's bind error.
+    The holder (this test process) is named, and since restarts cannot free the port, it is
+    FATAL without any."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        supervisor, _, _ = supervise(make_config(url=f"http://127.0.0.1:{port}", max_restarts=1))
+        supervisor, system, _ = supervise(make_config(url=f"http://127.0.0.1:{port}",
+                                                      max_restarts=5))
         wait_for(lambda: supervisor.state is State.FATAL, 15, "FATAL")
     snap = supervisor.snapshot()
     expected = f"exit code 1: Error: listen tcp 127.0.0.1:{port}: bind: address already in use"
     assert snap["last_exit"]["code"] == 1
-    assert snap["fatal_reason"].startswith("failed 2 times in 60 s; last: " + expected)
-    assert "another Ollama" in snap["fatal_reason"]
+    assert snap["fatal_reason"].startswith(f"{expected} (held by pid {os.getpid()} (")
+    assert "set ollama.url to port 0" in snap["fatal_reason"]
+    assert len(system.spawned) == 1 and snap["restarts"] == 0
 
 
 def test_stop_leaves_nothing_and_the_child_env_is_scrubbed(supervise, make_config, wait_for,

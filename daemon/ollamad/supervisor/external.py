@@ -75,6 +75,9 @@ class ExternalOllama:
     def has_exited(self) -> bool:
         return False
 
+    def foreign_listener(self) -> str | None:
+        return None   # whoever answers at the URL is the one we were told to watch
+
     def stopped(self) -> str | None:
         return self.tree.stopped() if self.tree else None
 

@@ -6,8 +6,9 @@ so an exit is seen the moment it happens, no wait lacks a time-out, and a
 hung probe cannot hang the supervisor; what it shares with other threads
 is on the :class:`~.board.Board`.
 
-STARTING ends in RUNNING once ``GET /`` answers 200. Restart triggers while
-RUNNING:
+STARTING ends in RUNNING once ``GET /`` answers 200 from our own server: in
+spawn mode the port's listening socket must be our tree's, else FATAL (a
+port another process holds stays held). Restart triggers while RUNNING:
 
 1. the process exits (spawn mode: its pidfd);
 2. ``GET /`` fails 3 times in a row (:mod:`.health`);
@@ -127,7 +128,12 @@ class Lifecycle:
                 result = self._alive(url)
                 self._set_probe(probe_record(result))
                 if result.ok:
-                    self._became_running(url)
+                    # Not necessarily from our server: another process may hold the port.
+                    foreign = self._ollama.foreign_listener()
+                    if foreign:
+                        self._failed_running(foreign, permanent=True)
+                    else:
+                        self._became_running(url)
                     return
                 stopped = self._ollama.stopped()
                 if stopped:
@@ -208,16 +214,16 @@ class Lifecycle:
             self._board.report.last_probe = record
 
     # -- failures and restarts ------------------------------------------------------
-    def _failed_running(self, reason: str) -> None:
+    def _failed_running(self, reason: str, permanent: bool = False) -> None:
         """A probe or start-up failure: stop what is left of the server, then decide."""
         self._stop_server(reason)
-        self._exited(reason, permanent=False)
+        self._exited(reason, permanent)
 
     def _on_exit(self) -> None:
         """The server exited by itself: sweep, reap, record, decide."""
         ended = self._halt(0.0)
         assert ended is not None   # only a server of ours exits by itself
-        self._exited(ended.reason, permanent=False)
+        self._exited(ended.reason, ended.permanent)
 
     def _exited(self, reason: str, permanent: bool) -> None:
         """-> EXITED, then FATAL if restarting cannot help, else as the policy says."""

@@ -1,10 +1,10 @@
-"""Who listens on Ollama's port (for external mode, which reports that process).
+"""Who listens on Ollama's port: a process of the tree we watch, or somebody else.
 
-Two views, both through psutil: a process's own sockets
-(``Process.net_connections``), and the host's list of sockets
-(``psutil.net_connections``), which names the owner only of processes we
-may inspect (another user's socket comes with pid None; some systems refuse
-the whole list).
+Two views, both through psutil and both without privileges for our own
+processes: a process's own sockets (``Process.net_connections``), and the
+host's list of sockets (``psutil.net_connections``), which names the owner
+only of processes we may inspect (another user's socket comes with pid
+None; some systems refuse the whole list).
 
 A socket listening on ``LADDR`` takes connections to ``HOST:PORT`` when the
 ports are equal and the address is HOST or a wildcard (``0.0.0.0`` for
@@ -20,10 +20,15 @@ from typing import Any
 import psutil
 
 from ollamad.supervisor.process import host_port
-from ollamad.supervisor.proctree import ProcessTree
+from ollamad.supervisor.proctree import CMDLINE_LIMIT, ProcessTree
 from ollamad.supervisor.system import System
 
 log = logging.getLogger("ollamad.supervisor")
+
+#: What an operator can do about a port that someone else holds.
+PORT_REMEDY = ("Stop that process (for Ollama's own service: `systemctl disable --now ollama`), "
+               "or set ollama.url to port 0 (http://127.0.0.1:0) so that the Ollama ollamad "
+               "starts takes a free port; `ollamad restart` tries again")
 
 
 def takes_connections(laddr: Any, host: str, port: int) -> bool:
@@ -48,6 +53,44 @@ def _listening_pids(host: str, port: int) -> list[int | None] | None:
         return None
     return [c.pid for c in connections
             if c.status == psutil.CONN_LISTEN and takes_connections(c.laddr, host, port)]
+
+
+def describe_pid(pid: int | None) -> str:
+    if pid is None:
+        return "a process we may not inspect (another user's: `sudo ss -ltnp` names it)"
+    try:
+        process = psutil.Process(pid)
+        command = " ".join(process.cmdline())[:CMDLINE_LIMIT] or process.name()
+    except psutil.AccessDenied:
+        command = "command line not readable"
+    except psutil.NoSuchProcess:
+        command = "gone since"
+    return f"pid {pid} ({command})"
+
+
+def port_holders(url: str) -> list[str]:
+    """Who listens on ``url``'s port, each as "pid N (command line)"; empty when nobody visible."""
+    host, port = host_port(url)
+    pids = _listening_pids(host, port)
+    if pids is None:
+        return ["a process we cannot name (this system does not list sockets to us)"]
+    return [describe_pid(pid) for pid in dict.fromkeys(pids)]
+
+
+def foreign_listener(url: str, tree: ProcessTree) -> str | None:
+    """Why the server answering at ``url`` is not ours; None when a process of ``tree``
+    listens there (or we may not read our own tree's sockets: then there is no proof either
+    way, and it is logged)."""
+    host, port = host_port(url)
+    ours = tree.listens(lambda laddr: takes_connections(laddr, host, port))
+    if ours is None:
+        log.warning("cannot read the sockets of ollama[%d]: not checking that it is the one "
+                    "answering on port %d", tree.root_pid, port)
+    if ours is not False:
+        return None
+    holders = port_holders(url) or ["a process we cannot see"]
+    return (f"port {port} is answered by another process, not by the ollama[{tree.root_pid}] "
+            f"ollamad started: {', '.join(holders)}. {PORT_REMEDY}")
 
 
 class ListenerFinder:

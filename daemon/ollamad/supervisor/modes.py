@@ -34,6 +34,8 @@ class Ended:
     swept: int
     #: Why it ended, for operators.
     reason: str
+    #: Restarting cannot help (another process holds the port): no retries.
+    permanent: bool = False
 
 
 class OllamaServer(Protocol):
@@ -61,6 +63,9 @@ class OllamaServer(Protocol):
 
     def has_exited(self) -> bool:
         """Our server exited by itself (not reaped yet)."""
+
+    def foreign_listener(self) -> str | None:
+        """``GET /`` answered: why that was not our server (then nothing may be sent to it)."""
 
     def stopped(self) -> str | None:
         """A probe failed: why the server cannot answer although it exists (SIGSTOP)."""

@@ -190,7 +190,7 @@ class ServerProcess:
     def __init__(self, system: System, argv: list[str], env: Mapping[str, str],
                  configured_url: str, on_news: Callable[[], None]):
         self._system = system
-        self._configured_url = configured_url
+        self.configured_url = configured_url
         self._on_news = on_news
         self.proc = system.spawn(argv, env)
         self.pid = self.proc.pid
@@ -228,7 +228,7 @@ class ServerProcess:
         ollama_log.log(level, "ollama[%d]: %s", self.pid, line)
         port = listening_port(line)
         if port is not None and self.url is None:
-            self.url = connect_url(self._configured_url, port)
+            self.url = connect_url(self.configured_url, port)
             self._on_news()
 
     # -- exit --------------------------------------------------------------------
@@ -274,11 +274,12 @@ class ServerProcess:
             self.pidfd = None
         return returncode, swept
 
+    @property
+    def port_taken(self) -> bool:
+        """It could not listen: another process holds the port."""
+        return bool(self.error_line) and "address already in use" in self.error_line
+
     def exit_reason(self, returncode: int | None) -> str:
         """Why it ended, for operators: the exit status and the server's last ``Error:`` line."""
         reason = "exited" if returncode is None else describe_exit(returncode)
-        if self.error_line:
-            reason += f": {self.error_line}"
-            if "address already in use" in self.error_line:
-                reason += " (another process holds the port: is another Ollama running?)"
-        return reason
+        return f"{reason}: {self.error_line}" if self.error_line else reason

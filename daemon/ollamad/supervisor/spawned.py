@@ -1,6 +1,13 @@
-"""Spawn mode: the ``ollama serve`` we start and stop.
+"""Spawn mode: the ``ollama serve`` we start, prove ours, and stop.
 
 * A start spawns a :class:`~.process.ServerProcess`.
+* ``GET /`` answering is not enough: with a fixed port, an orphan or a
+  distribution's ``ollama.service`` may hold it and answer in our server's
+  place. Before RUNNING, the port's listening socket must belong to a
+  process of our tree (:func:`~.listeners.foreign_listener`). Another holder
+  will not go away by retrying, so that failure is permanent (FATAL), and so
+  is our server exiting with ``address already in use`` while somebody
+  listens on the port.
 * A stop signals the group (SIGTERM, SIGCONT, ``stop_grace``, SIGKILL),
   sweeps orphans and reaps.
 """
@@ -13,6 +20,7 @@ import shlex
 from typing import Any, Callable
 
 from ollamad.config import Config, OllamaSettings
+from ollamad.supervisor.listeners import PORT_REMEDY, foreign_listener, port_holders
 from ollamad.supervisor.modes import Ended, Runner
 from ollamad.supervisor.process import EXIT_POLL, ServerProcess, spawn_server
 from ollamad.supervisor.proctree import ProcessTree
@@ -73,6 +81,10 @@ class SpawnedOllama:
     def has_exited(self) -> bool:
         return self._process is not None and self._process.has_exited()
 
+    def foreign_listener(self) -> str | None:
+        assert self._process is not None and self._process.url is not None
+        return foreign_listener(self._process.url, self._process.tree)
+
     def stopped(self) -> str | None:
         return self._process.tree.stopped() if self._process else None
 
@@ -87,4 +99,11 @@ class SpawnedOllama:
             return None
         returncode, swept = process.shut_down(grace, SWEEP_TIMEOUT)
         self._process = None
-        return Ended(returncode, swept, process.exit_reason(returncode))
+        reason = process.exit_reason(returncode)
+        if not process.port_taken:
+            return Ended(returncode, swept, reason)
+        holders = port_holders(process.configured_url)
+        if not holders:   # gone since: a restart may work
+            return Ended(returncode, swept, f"{reason} (another process held the port)")
+        return Ended(returncode, swept, f"{reason} (held by {', '.join(holders)}). "
+                     f"{PORT_REMEDY}", permanent=True)
