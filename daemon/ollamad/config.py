@@ -115,6 +115,10 @@ class Config:
                           "tcp://)", applies=DAEMON)
     socket_mode: int = setting(0o660, "mode of an ipc socket file: owner and group may connect",
                                low=0, high=0o777, applies=DAEMON, shown=lambda v: f'"{v:04o}"')
+    runtime_dir: str = setting("", "where ollamad records the Ollama it runs, so that the next "
+                               "ollamad stops it after a crash; empty: the ipc socket's "
+                               "directory, else $RUNTIME_DIRECTORY, else /run/ollamad",
+                               applies=DAEMON)
     admin_group: str = setting("", "members of this group may call admin ops (root and the "
                                "daemon's own user always may)")
     model: str = setting("llama3.1:8b", "the model for requests that name none")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 
@@ -66,14 +67,18 @@ class RecordingSystem(System):
         return super().run(argv, env, timeout)
 
 
-def _make_config(model: str = MODEL, workers: int = 2, **ollama) -> Config:
-    return Config(model=model, workers=workers, ollama=OllamaSettings(**{**FAST, **ollama}))
-
-
 @pytest.fixture
-def make_config():
-    """``make_config(model=..., workers=..., **ollama_settings)``: FAST settings plus overrides."""
-    return _make_config
+def make_config(tmp_path):
+    """``make_config(model=..., workers=..., **ollama_settings)``: FAST settings plus overrides,
+    and a runtime directory of its own (for the record of its Ollama)."""
+    made = itertools.count()
+
+    def make(model: str = MODEL, workers: int = 2, **ollama) -> Config:
+        runtime_dir = tmp_path / f"run{next(made)}"
+        runtime_dir.mkdir()
+        return Config(model=model, workers=workers, runtime_dir=str(runtime_dir),
+                      ollama=OllamaSettings(**{**FAST, **ollama}))
+    return make
 
 
 def leftovers(roots: list[psutil.Process]) -> list[psutil.Process]:

@@ -52,6 +52,9 @@ class ExternalOllama:
             return None
         return "it runs in external mode and ollama.restart_command is not set"
 
+    def stop_previous(self, grace: float) -> None:
+        """Nothing of ours can be left over: we never start an external Ollama."""
+
     def launch(self, config: Config, restart: bool, run: Runner) -> str | None:
         """Watch ``ollama.url`` (anew: it may have been reloaded); after a failure or an
         operator's request, run the restart command first."""

@@ -76,6 +76,7 @@ class Lifecycle:
                     State.EXITED: self._wait_for_return}
         board = self._board
         try:
+            self._ollama.stop_previous(self._config.ollama.stop_grace)
             self._launch(restart=False)
             while True:
                 try:

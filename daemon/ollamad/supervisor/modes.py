@@ -53,6 +53,9 @@ class OllamaServer(Protocol):
     def cannot_restart(self, settings: OllamaSettings) -> str | None:
         """Why we may not restart it (then failures are only reported); None when we may."""
 
+    def stop_previous(self, grace: float) -> None:
+        """Before the first launch: stop what a crashed previous daemon left running."""
+
     def launch(self, config: Config, restart: bool, run: Runner) -> str | None:
         """Start (or restart) it; :class:`SupervisorError` when it cannot be, and a problem
         that does not stop the start (to report) otherwise."""

@@ -6,12 +6,18 @@ by SIGKILL they live on, re-parented to init, holding VRAM. So while the
 server lives, :class:`ProcessTree` remembers every descendant it sees (pid
 and create time), and after the server is gone :meth:`ProcessTree.sweep`
 kills those still alive, plus any process still in the server's session
-(pid numbers are not reused while a session that uses them as its id has
-members, and only descendants of the session leader can be in it).
+created after the server.
 
 A process is killed only if it is one of ours: same pid *and* same create
 time as a process seen in our tree, or in our server's session and created
-after our server. An Ollama we did not start is never swept.
+after our server while the server itself (same pid and create time, a
+zombie included) still exists: a pid is not reused while its process
+exists, so neither is the session id it gave its session. Once the server is
+gone for good, its session id may belong to someone else and only the
+remembered descendants are swept. An Ollama we did not start is never swept.
+
+A tree can also be rebuilt from a record (:mod:`.record`) by a daemon that
+did not start it: the root is adopted only if its create time matches.
 """
 
 from __future__ import annotations
@@ -59,21 +65,37 @@ def stop_group(system: System, pgid: int, grace: float,
 class ProcessTree:
     """One server process (``root_pid``) and its descendants."""
 
-    def __init__(self, root_pid: int, system: System):
+    def __init__(self, root_pid: int, system: System, *, root_created: float | None = None,
+                 known: dict[int, float] | None = None):
+        """``root_created`` and ``known``: what a record says (:mod:`.record`); then the root
+        is adopted only if its create time is ``root_created``."""
         self.root_pid = root_pid
         self._system = system
         self._lock = threading.Lock()
-        self._known: dict[int, float] = {}   # descendants ever seen: pid -> create time
+        # descendants ever seen: pid -> create time
+        self._known: dict[int, float] = dict(known or {})
         try:
-            self._root: psutil.Process | None = psutil.Process(root_pid)
-            self.root_created = self._root.create_time()
+            root: psutil.Process | None = psutil.Process(root_pid)
+            created = root.create_time()
         except psutil.Error:
-            self._root, self.root_created = None, 0.0
+            root, created = None, 0.0
+        if root_created is not None and created != root_created:
+            root, created = None, root_created   # gone, or the pid is someone else's now
+        self._root, self.root_created = root, created
 
     @property
     def root_exists(self) -> bool:
         """The server (same pid and create time) exists, maybe as a zombie: its pid is held."""
         return self._root is not None and self._root.is_running()
+
+    def root_alive(self) -> bool:
+        """The server runs (not a zombie)."""
+        return self._root is not None and _alive(self._root)
+
+    def known(self) -> dict[int, float]:
+        """Every descendant seen so far: pid -> create time."""
+        with self._lock:
+            return dict(self._known)
 
     def stopped(self) -> str | None:
         """Why the server cannot run although it exists: stopped by a signal or a tracer."""
@@ -104,6 +126,18 @@ class ProcessTree:
             except psutil.Error:
                 pass
         return None if denied else False
+
+    def remember(self) -> None:
+        """Add every live member of the tree to the known descendants, so that a sweep
+        finds them by pid and create time even after the server is gone for good."""
+        self.descendants()
+        members = self._ours()
+        with self._lock:
+            for process in members:
+                try:
+                    self._known.setdefault(process.pid, process.create_time())
+                except psutil.Error:
+                    pass
 
     def descendants(self) -> list[psutil.Process]:
         """The live descendants of the server, remembered for a later sweep."""
@@ -162,16 +196,24 @@ class ProcessTree:
                     found[pid] = process
             except psutil.Error:
                 pass
+        found = {**self._session_members(), **found}
+        return [process for process in found.values() if _alive(process)]
+
+    def _session_members(self) -> dict[int, psutil.Process]:
+        """Members of the server's session created after it; none unless the server (same pid
+        and create time) exists before and after the scan: then the session id was ours all
+        along."""
+        if not self.root_exists:
+            return {}
+        members = {}
         for process in psutil.process_iter():
-            if process.pid in found or process.pid == self.root_pid:
-                continue
             try:
-                if os.getsid(process.pid) == self.root_pid \
+                if process.pid != self.root_pid and os.getsid(process.pid) == self.root_pid \
                         and process.create_time() >= self.root_created:
-                    found[process.pid] = process
+                    members[process.pid] = process
             except (OSError, psutil.Error):
                 pass
-        return list(found.values())
+        return members if self.root_exists else {}
 
     def sweep(self, timeout: float) -> int:
         """SIGKILL what is left of our tree, wait up to ``timeout`` for it to go; the count."""

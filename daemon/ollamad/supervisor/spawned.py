@@ -1,6 +1,8 @@
-"""Spawn mode: the ``ollama serve`` we start, prove ours, and stop.
+"""Spawn mode: the ``ollama serve`` we start, prove ours, record, and stop.
 
-* A start spawns a :class:`~.process.ServerProcess`.
+* Before the first start, what a crashed previous daemon left running is
+  stopped (:mod:`.record`).
+* A start spawns a :class:`~.process.ServerProcess` and records its tree.
 * ``GET /`` answering is not enough: with a fixed port, an orphan or a
   distribution's ``ollama.service`` may hold it and answer in our server's
   place. Before RUNNING, the port's listening socket must belong to a
@@ -9,13 +11,14 @@
   is our server exiting with ``address already in use`` while somebody
   listens on the port.
 * A stop signals the group (SIGTERM, SIGCONT, ``stop_grace``, SIGKILL),
-  sweeps orphans and reaps.
+  sweeps orphans, reaps, and removes the record.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import shlex
 from typing import Any, Callable
 
@@ -24,6 +27,7 @@ from ollamad.supervisor.listeners import PORT_REMEDY, foreign_listener, port_hol
 from ollamad.supervisor.modes import Ended, Runner
 from ollamad.supervisor.process import EXIT_POLL, ServerProcess, spawn_server
 from ollamad.supervisor.proctree import ProcessTree
+from ollamad.supervisor.record import TreeRecord, runtime_directory
 from ollamad.supervisor.system import System
 
 log = logging.getLogger("ollamad.supervisor")
@@ -35,9 +39,10 @@ SWEEP_TIMEOUT = 2.0
 class SpawnedOllama:
     mode = "spawn"
 
-    def __init__(self, system: System, on_news: Callable[[], None]):
+    def __init__(self, config: Config, system: System, on_news: Callable[[], None]):
         self._system = system
         self._on_news = on_news
+        self._record = TreeRecord(runtime_directory(config, os.environ), system)
         self._process: ServerProcess | None = None
         self.started_at = 0.0
 
@@ -66,9 +71,13 @@ class SpawnedOllama:
     def cannot_restart(self, settings: OllamaSettings) -> str | None:
         return None
 
+    def stop_previous(self, grace: float) -> None:
+        self._record.stop_previous(grace)
+
     def launch(self, config: Config, restart: bool, run: Runner) -> str | None:
         process = spawn_server(self._system, config, self._on_news)
         self._process, self.started_at = process, process.started_at
+        self._record.save(process.tree)
         log.info("started ollama[%d]: %s", process.pid, self.command)
         return None
 
@@ -91,13 +100,16 @@ class SpawnedOllama:
     def process_stats(self) -> dict[str, Any] | None:
         if self._process is None:
             return None
-        return self._process.tree.stats()
+        stats = self._process.tree.stats()
+        self._record.save(self._process.tree)   # with the descendants stats() has seen
+        return stats
 
     def halt(self, grace: float) -> Ended | None:
         process = self._process
         if process is None:
             return None
         returncode, swept = process.shut_down(grace, SWEEP_TIMEOUT)
+        self._record.remove()
         self._process = None
         reason = process.exit_reason(returncode)
         if not process.port_taken:

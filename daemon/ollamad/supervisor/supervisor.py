@@ -45,7 +45,7 @@ class Supervisor:
         # The one place that asks for the mode (it changes only with the daemon).
         self._ollama: OllamaServer = (
             ExternalOllama(self._system) if config.ollama.mode == "external"
-            else SpawnedOllama(self._system, self._waiter.wake))
+            else SpawnedOllama(config, self._system, self._waiter.wake))
         self._board = Board(config, self._system, self._ollama, on_change)
         self._lifecycle = Lifecycle(self._board, self._ollama, self._waiter,
                                     Health(progress, loading), self._system)
