@@ -1,9 +1,9 @@
-"""Benchmark: how fast the supervisor recovers Ollama (the stand-in) from a crash and a wedge.
+"""Benchmark: how fast the supervisor recovers Ollama (the stand-in) from crash, wedge, SIGSTOP.
 
 The supervisor runs in-process with the shipped defaults (``ollamad.config``)
 plus what ``ollamad serve --stand-in`` sets: ``[ollama] stand_in = true``,
 ``url = "http://127.0.0.1:0"``; that is probe_interval 5 s, probe_timeout 2 s,
-inference_probe_timeout 10 s, warm_model true, first restart immediate. The
+inference_probe_timeout 8 s, warm_model true, first restart immediate. The
 stand-in starts, loads and generates instantly (its knobs set to 0). Flags
 override the probe settings.
 
@@ -11,11 +11,17 @@ Measured, ``--rounds`` times each:
   * ``kill -9`` of the server -> RUNNING again (new pid), and -> the first
     successful generate sent straight to the new server over HTTP;
   * a wedge (the stand-in's ``hang`` fault: generation never answers, ``/``
-    does) -> the supervisor declares it hung (STOPPING), and -> RUNNING again.
+    does) -> the supervisor declares it hung (STOPPING), and -> RUNNING again;
+  * ``SIGSTOP`` of the server -> RUNNING again (new pid).
 
-Goals: recovery <= 1 s; a wedge detected within 3 probe intervals.
+Wedges and SIGSTOPs are injected just after a probe round passed: the worst
+case, a whole interval before the next probe.
 
-Usage: python bench/recovery.py [--rounds N] [--probe-interval S] [--inference-probe-timeout S]
+Goals: recovery <= 1 s; a wedge detected, and a SIGSTOPped server running
+again, within 3 probe intervals.
+
+Usage: python bench/recovery.py [--rounds N] [--probe-interval S] [--probe-timeout S]
+                                [--inference-probe-timeout S]
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import platform
 import signal
 import statistics
 import sys
+import tempfile
 import threading
 import time
 
@@ -127,6 +134,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--probe-interval", type=float, default=defaults.probe_interval)
+    parser.add_argument("--probe-timeout", type=float, default=defaults.probe_timeout)
     parser.add_argument("--inference-probe-timeout", type=float,
                         default=defaults.inference_probe_timeout)
     ns = parser.parse_args()
@@ -135,8 +143,10 @@ def main() -> int:
         os.environ[f"OLLAMAD_STANDIN_{knob}"] = "0"
     settings = dataclasses.replace(defaults, stand_in=True, url="http://127.0.0.1:0",
                                    probe_interval=ns.probe_interval,
+                                   probe_timeout=ns.probe_timeout,
                                    inference_probe_timeout=ns.inference_probe_timeout)
-    config = Config(ollama=settings)
+    runtime_dir = tempfile.mkdtemp(prefix="ollamad-bench-")   # for the record of its Ollama
+    config = Config(ollama=settings, runtime_dir=runtime_dir)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}")
     print(f"config: [ollama] stand_in=true url=http://127.0.0.1:0 "
@@ -149,6 +159,7 @@ def main() -> int:
     # A fresh supervisor per round: each failure is the first in its restart window, so
     # restarted at once (further failures in the window back off: 1 s, 2 s, ...).
     crash_running, crash_generate, wedge_detected, wedge_running, swept = [], [], [], [], 0
+    stop_running = []
     for _ in range(ns.rounds):
         with supervised(config) as (supervisor, timeline):
             pid = wait_warm(supervisor)["pid"]
@@ -169,6 +180,15 @@ def main() -> int:
             budget = 3 * settings.probe_interval + settings.inference_probe_timeout + 30
             wedge_detected.append(timeline.wait("STOPPING", wedged, budget) - wedged)
             wedge_running.append(timeline.wait("RUNNING", wedged, 30, not_pid=snap["pid"]) - wedged)
+    for _ in range(ns.rounds):
+        with supervised(config) as (supervisor, timeline):
+            wait_warm(supervisor)
+            snap = wait_probed(supervisor)
+            stopped = time.monotonic()
+            os.kill(snap["pid"], signal.SIGSTOP)
+            budget = 3 * settings.probe_interval + settings.stop_grace + 30
+            stop_running.append(timeline.wait("RUNNING", stopped, budget, not_pid=snap["pid"])
+                                - stopped)
 
     interval_ms = settings.probe_interval * 1000
     print(f"\nrecovery over {ns.rounds} rounds each (ms):")
@@ -180,11 +200,17 @@ def main() -> int:
               f"<= {3 * interval_ms:.0f} (3 probe intervals); "
               f"bound: interval + inference time-out = {bound_ms:.0f}"))
     print(row("wedge -> RUNNING again", wedge_running, ""))
+    print(row("SIGSTOP -> RUNNING again", stop_running,
+              f"<= {3 * interval_ms:.0f} (3 probe intervals); bound: interval + probe "
+              f"time-out = {(settings.probe_interval + settings.probe_timeout) * 1000:.0f}, "
+              f"plus the restart"))
     print(f"orphaned runners swept after the kills: {swept}")
     missed = [name for name, ok in [
         ("recovery <= 1 s", max(crash_generate) <= 1.0),
         ("wedge detected within 3 probe intervals",
-         max(wedge_detected) <= 3 * settings.probe_interval)] if not ok]
+         max(wedge_detected) <= 3 * settings.probe_interval),
+        ("SIGSTOP recovered within 3 probe intervals",
+         max(stop_running) <= 3 * settings.probe_interval)] if not ok]
     print("goals met" if not missed else "missed: " + "; ".join(missed))
     return 1 if missed else 0
 
