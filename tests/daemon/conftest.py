@@ -64,7 +64,8 @@ class DaemonUnderTest:
         self.log_path = directory / "daemon.log"
         self.env = {**os.environ, "OLLAMAD_CONFIG": str(self.config_path),
                     "PYTHONUNBUFFERED": "1", "OLLAMAD_STANDIN_TOKEN_DELAY": "0",
-                    "OLLAMAD_STANDIN_LOAD_TIME": "0", **(env or {})}
+                    "OLLAMAD_STANDIN_LOAD_TIME": "0", "OLLAMAD_STANDIN_STARTUP_DELAY": "0",
+                    **(env or {})}
         self.env.pop("OLLAMAD_SOCKET", None)
         self.args = args
         self.process: subprocess.Popen | None = None

@@ -272,7 +272,8 @@ def test_another_clients_ping_is_answered_during_a_flood_of_large_messages(daemo
 def test_connections_past_the_limit_are_refused_and_the_daemon_stays_up(daemon_factory, wait_for):
     daemon = daemon_factory({"max_connections": 20})
     from ollamad_client import Client
-    clients = [Client(daemon.socket, timeout=2.0, connect_timeout=0.5) for _ in range(40)]
+    # Each refused client waits out its connect time-out: keep both small.
+    clients = [Client(daemon.socket, timeout=2.0, connect_timeout=0.2) for _ in range(28)]
     served = []
     try:
         for client in clients:
@@ -285,7 +286,7 @@ def test_connections_past_the_limit_are_refused_and_the_daemon_stays_up(daemon_f
     finally:
         for client in clients:
             client.close()
-    assert 0 < len(served) < 40 and status is not None
+    assert 0 < len(served) < 28 and status is not None
     assert status["refused"] > 0 and status["max"] == 20
     with daemon.client() as client:
         wait_for(lambda: client.status()["daemon"]["connections"]["open"] <= 2, 5,

@@ -128,7 +128,8 @@ def test_progressing_generation_is_never_killed(supervise, make_config, wait_for
     def stream() -> None:
         tracker["in_flight"] = 1
         tracker["last_chunk"] = time.monotonic()
-        body = {"model": MODEL, "prompt": "tell me a long story", "stream": True}
+        body = {"model": MODEL, "prompt": "tell me a long story", "stream": True,
+                "options": {"num_predict": 12}}
         try:
             with requests.post(snap["url"] + "/api/generate", json=body, stream=True,
                                timeout=10) as response:

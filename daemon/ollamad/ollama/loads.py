@@ -13,9 +13,9 @@ loaded, on a connection of its own:
 * a model known to be loaded (with these runner options, by this Ollama,
   and not past its ``keep_alive``) costs a dictionary look-up;
 * otherwise one :class:`Load` per model and runner options runs in a thread
-  of its own: ``GET /api/ps`` first (loaded already: done), else an
-  empty-prompt generate, which loads the model and answers once, bounded by
-  ``ollama.load_timeout`` only. Requests for that model wait for it within
+  of its own: an empty-prompt generate, which loads the model (at once when
+  it is loaded already) and answers once, bounded by ``ollama.load_timeout``
+  only. Requests for that model wait for it within
   their own deadlines; one that gives up leaves it running, and a later
   request finds the model loaded.
 
@@ -46,8 +46,6 @@ from ollamad_client.protocol import ErrorCode
 
 log = logging.getLogger("ollamad.loads")
 
-#: Time limit of the ``GET /api/ps`` that tells whether a load is needed at all.
-LISTING_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 2.0
 #: How often a request waiting for a load looks at its own cancellation and deadline.
 WAIT_SLICE = 0.1
@@ -182,8 +180,7 @@ class Loads:
         with requests.Session() as session:
             session.trust_env = False   # a proxy meant for the internet is not for Ollama
             try:
-                if _listed(session, url, load.model):
-                    return
+                # A model already loaded with these options answers at once.
                 request = {"model": body["model"], "prompt": "", "stream": False,
                            "options": _runner_part(body.get("options") or {})}
                 if "keep_alive" in body:
@@ -210,16 +207,6 @@ class Loads:
 def _runner_part(options: Mapping[str, Any]) -> dict[str, Any]:
     """The runner options among a request's options (what a load is made of)."""
     return {name: value for name, value in options.items() if name in RUNNER_OPTIONS}
-
-
-def _listed(session: requests.Session, url: str, model: str) -> bool:
-    """``/api/ps`` lists ``model`` (a model still loading is not listed)."""
-    try:
-        response = session.get(url + "/api/ps", timeout=(CONNECT_TIMEOUT, LISTING_TIMEOUT))
-        loaded = response.json().get("models") or [] if response.status_code == 200 else []
-        return any(names.key(str(m.get("name", ""))) == names.key(model) for m in loaded)
-    except (requests.RequestException, ValueError, AttributeError):
-        return False   # not known: loading is what finds out
 
 
 def _error(response: requests.Response) -> str:
