@@ -81,6 +81,16 @@ def reaper():
         r.cleanup()
 
 
+@pytest.fixture(scope="module")
+def module_reaper():
+    """A reaper for what a module-scoped fixture starts (a daemon shared by read-only tests)."""
+    r = Reaper()
+    try:
+        yield r
+    finally:
+        r.cleanup()
+
+
 def _wait_for(condition, timeout: float = 5.0, what: str = "condition"):
     """Poll ``condition`` until it returns something truthy (returned), or fail."""
     deadline = time.monotonic() + timeout

@@ -214,3 +214,19 @@ def daemon_factory(reaper, short_tmp):
 @pytest.fixture
 def daemon(daemon_factory):
     return daemon_factory()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(module_reaper):
+    """One default daemon for a module's read-only tests: those that set no fault, restart
+    nothing and count no requests of Ollama's (each daemon costs ~0.7 s to start)."""
+    with tempfile.TemporaryDirectory(prefix="od-") as directory:
+        daemon = DaemonUnderTest(module_reaper, Path(directory), {}, None, []).start()
+        try:
+            daemon.wait_ready()
+            yield daemon
+        finally:
+            try:
+                daemon.stop(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass

@@ -182,14 +182,18 @@ def test_ten_thousand_hostile_messages_each_with_an_id_get_exactly_one_reply(dae
     (b'{"v": 1, "id": "c", "op": "generate", "timeout": "soon"}', "bad_request"),
     (b'{"v": 1, "id": "d", "op": "status", "stream": true}', "bad_request"),
 ])
-def test_specific_bad_requests(daemon, body, code, wait_for):
+def test_specific_bad_requests(shared_daemon, body, code, wait_for):
+    daemon = shared_daemon
+    with daemon.client() as client:
+        dropped = client.metrics()["dropped_messages"]
     sock = raw_socket(daemon.socket)
     try:
         sock.send(body)
         if code is None:
             # No id to answer: dropped and counted (on another socket, so wait).
             with daemon.client() as client:
-                wait_for(lambda: client.metrics()["dropped_messages"] >= 1, 5, "the drop count")
+                wait_for(lambda: client.metrics()["dropped_messages"] == dropped + 1, 5,
+                         "the drop count")
         else:
             reply = protocol.decode_reply(sock.recv())
             assert reply.error is not None and reply.error.code.value == code
@@ -201,7 +205,8 @@ def test_specific_bad_requests(daemon, body, code, wait_for):
     still_serves(daemon)
 
 
-def test_a_lone_surrogate_id_is_answered_with_that_id(daemon):
+def test_a_lone_surrogate_id_is_answered_with_that_id(shared_daemon):
+    daemon = shared_daemon
     sock = raw_socket(daemon.socket)
     try:
         sock.send(b'{"v": 1, "id": "\\ud800", "op": "ping"}')
@@ -240,7 +245,8 @@ def test_an_oversized_message_disconnects_only_its_sender(daemon):
     still_serves(daemon)
 
 
-def test_the_client_refuses_to_send_an_oversized_request(daemon):
+def test_the_client_refuses_to_send_an_oversized_request(shared_daemon):
+    daemon = shared_daemon
     from ollamad_client import OllamadError
     with daemon.client() as client, pytest.raises(OllamadError) as err:
         client.generate("x" * protocol.DEFAULT_MAX_MESSAGE_BYTES)
@@ -248,7 +254,8 @@ def test_the_client_refuses_to_send_an_oversized_request(daemon):
     still_serves(daemon)
 
 
-def test_a_req_peer_gets_its_reply(daemon):
+def test_a_req_peer_gets_its_reply(shared_daemon):
+    daemon = shared_daemon
     sock = raw_socket(daemon.socket, zmq.REQ)
     try:
         sock.send(protocol.encode_request(protocol.Request(id="req-1", op="ping")))

@@ -11,7 +11,8 @@ import pytest
 from ollamad_client import OllamadError
 
 
-def test_legacy_generate_returns_the_old_dict(daemon):
+def test_legacy_generate_returns_the_old_dict(shared_daemon):
+    daemon = shared_daemon
     client = daemon.legacy()
     try:
         result = client.generate("Why is the sky blue?", temperature=0.2, max_tokens=50,
@@ -33,7 +34,8 @@ def test_503_then_success_takes_two_attempts(daemon):
     assert result["attempts"] == 2 and result["text"]
 
 
-def test_missing_model_is_one_attempt_and_a_clear_error(daemon):
+def test_missing_model_is_one_attempt_and_a_clear_error(shared_daemon):
+    daemon = shared_daemon
     client = daemon.legacy()
     try:
         result = client.generate("hi", model="no-such-model:1b")
@@ -97,7 +99,8 @@ def test_batch_answers_in_prompt_order_with_partial_failures(daemon_factory):
             assert result["text"] == text
 
 
-def test_legacy_generate_batch_keeps_order(daemon):
+def test_legacy_generate_batch_keeps_order(shared_daemon):
+    daemon = shared_daemon
     client = daemon.legacy()
     try:
         prompts = ["alpha", "beta", "gamma"]
@@ -118,7 +121,8 @@ def test_sixteen_requests_reach_ollama_eight_at_a_time(daemon_factory):
     assert daemon.standin_state()["stats"]["max_generations_in_flight"] == 8
 
 
-def test_streaming_pieces_add_up_to_the_result(daemon):
+def test_streaming_pieces_add_up_to_the_result(shared_daemon):
+    daemon = shared_daemon
     with daemon.client() as client:
         stream = client.stream("tell me a story", max_tokens=30)
         pieces = list(stream)
@@ -126,7 +130,8 @@ def test_streaming_pieces_add_up_to_the_result(daemon):
     assert len(pieces) > 1 and "".join(pieces) == stream.result["text"] == whole["text"]
 
 
-def test_chat_embed_and_models(daemon):
+def test_chat_embed_and_models(shared_daemon):
+    daemon = shared_daemon
     with daemon.client() as client:
         chat = client.chat([{"role": "user", "content": "hello"}], system="Be kind.")
         vectors = client.embed(["one", "two"], model="nomic-embed-text")
@@ -138,7 +143,8 @@ def test_chat_embed_and_models(daemon):
     assert sent["messages"][0] == {"role": "system", "content": "Be kind."}
 
 
-def test_ollama_knobs_pass_through(daemon):
+def test_ollama_knobs_pass_through(shared_daemon):
+    daemon = shared_daemon
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
     with daemon.client() as client:
         result = client.generate("extract", format=schema, keep_alive="10m",

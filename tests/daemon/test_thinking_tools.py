@@ -28,7 +28,8 @@ def texts(chunks, key):
     return "".join(chunk.get(key, "") for chunk in chunks)
 
 
-def test_a_chat_with_tools_returns_the_tool_calls_and_an_agent_loop_ends_in_words(daemon):
+def test_a_chat_with_tools_returns_the_tool_calls_and_an_agent_loop_ends_in_words(shared_daemon):
+    daemon = shared_daemon
     # A thinking model: its message carries thinking as well as tool_calls back.
     with daemon.client(model=THINKER) as client:
         called = client.chat(ASKED, tools=[WEATHER])
@@ -51,7 +52,8 @@ def test_a_chat_with_tools_returns_the_tool_calls_and_an_agent_loop_ends_in_word
     assert "tool_calls" not in answered["message"]
 
 
-def test_langchains_tool_schemas_and_messages_go_through_the_daemon(daemon):
+def test_langchains_tool_schemas_and_messages_go_through_the_daemon(shared_daemon):
+    daemon = shared_daemon
     # Imported here: langchain takes a second to import, and only this test needs it.
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
     from langchain_core.tools import tool
@@ -82,7 +84,8 @@ def test_langchains_tool_schemas_and_messages_go_through_the_daemon(daemon):
                           "tool_call_id": call["id"]}
 
 
-def test_the_legacy_client_returns_tool_calls_and_thinking(daemon):
+def test_the_legacy_client_returns_tool_calls_and_thinking(shared_daemon):
+    daemon = shared_daemon
     legacy = daemon.legacy()
     try:
         chat = legacy.chat(ASKED, tools=[WEATHER])
@@ -99,7 +102,8 @@ def test_the_legacy_client_returns_tool_calls_and_thinking(daemon):
     assert plain["success"] and plain["thinking"] == ""
 
 
-def test_think_returns_the_reasoning_streamed_and_not(daemon):
+def test_think_returns_the_reasoning_streamed_and_not(shared_daemon):
+    daemon = shared_daemon
     question = "Why is the sky blue?"
     with daemon.client(model=THINKER) as client:
         whole = client.generate(question)          # a thinking model thinks by default
@@ -126,7 +130,8 @@ def test_think_returns_the_reasoning_streamed_and_not(daemon):
     assert [item["thinking"] for item in batch] == ["", ""]
 
 
-def test_the_async_client_streams_the_reasoning(daemon):
+def test_the_async_client_streams_the_reasoning(shared_daemon):
+    daemon = shared_daemon
     async def main():
         async with AsyncClient(daemon.socket, model=THINKER) as client:
             whole = await client.generate("Why?", think=True)
@@ -138,7 +143,8 @@ def test_the_async_client_streams_the_reasoning(daemon):
     assert texts(chunks, "text") == result["text"] == whole["text"] != ""
 
 
-def test_think_on_a_model_that_cannot_think_is_ollamas_bad_request(daemon):
+def test_think_on_a_model_that_cannot_think_is_ollamas_bad_request(shared_daemon):
+    daemon = shared_daemon
     with daemon.client() as client, pytest.raises(BadRequest) as err:
         client.generate("hello", model=CHAT, think=True)
     assert err.value.message == f'"{CHAT}" does not support thinking' and err.value.attempts == 1
