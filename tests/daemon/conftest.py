@@ -116,7 +116,7 @@ class DaemonUnderTest:
                         return last
                 except Exception as exc:  # not up yet
                     last = exc
-                time.sleep(0.05)
+                time.sleep(0.01)
         pytest.fail(f"daemon not ready in {timeout} s (last: {last!r}):\n{self.log()}")
 
     @property
@@ -147,7 +147,7 @@ class DaemonUnderTest:
                 if probed and not self.standin_state()["stats"]["generations_in_flight"]:
                     self.standin("POST", "/_standin/stats/reset")
                     return
-                time.sleep(0.05)
+                time.sleep(0.01)
         pytest.fail(f"Ollama did not go quiet in {timeout} s:\n{self.log()}")
 
     def sent(self, text: str) -> dict[str, Any]:

@@ -221,7 +221,7 @@ def test_many_answered_large_requests_leave_memory_bounded(daemon_factory):
     big = "x" * (3_500_000)
     sock = dealer(daemon.socket)
     try:
-        for i in range(150):
+        for i in range(100):   # 350 MB in all: kept, they would pass the bound
             # Admitted and answered (Ollama lacks the model), deadline an hour away.
             send(sock, f"big-{i}", "generate", timeout=3600.0, prompt=big, model="absent")
             assert final(sock, f"big-{i}").error.code.value == "model_not_found"

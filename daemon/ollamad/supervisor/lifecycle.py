@@ -42,7 +42,7 @@ from ollamad.supervisor.waiting import Exited, RestartRequested, StopRequested, 
 log = logging.getLogger("ollamad.supervisor")
 
 #: How often ``GET /`` is tried while waiting for a start to finish.
-STARTUP_POLL = 0.05
+STARTUP_POLL = 0.02
 #: Of a stop() time-out, what is kept for SIGKILL and the sweep after the grace period.
 KILL_MARGIN = 1.0
 #: How long an idle wait (FATAL) sleeps before looking again; any request wakes it sooner.
