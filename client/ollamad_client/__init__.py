@@ -34,16 +34,49 @@ The old client's Ollama URL, per-attempt time-out, retries and 8 workers are
 now the daemon's configuration.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from . import protocol
-from ._async import AsyncClient, AsyncStream
-from ._calls import DEFAULT_ENDPOINT, SOCKET_ENV, ChatOptions, GenerationOptions
-from ._legacy import LegacyStream, OllamaClient, get_ollama_client
-from ._sync import Client, Stream
-from .errors import (ERROR_CLASSES, BackendError, BadRequest, Busy, Cancelled, Forbidden,
-                     InternalError,
-                     ModelNotFound, OllamadError, RequestTimeout, ShuttingDown, TooLarge,
-                     Unavailable, UnknownOp, error_for)
-from .protocol import ErrorCode
+
+# Imported on first use (PEP 562): a program that needs only the protocol or the error
+# classes (the daemon, the stand-in) does not pay for pyzmq and asyncio at start-up.
+_LAZY = {
+    "AsyncClient": "._async", "AsyncStream": "._async",
+    "DEFAULT_ENDPOINT": "._calls", "SOCKET_ENV": "._calls", "ChatOptions": "._calls",
+    "GenerationOptions": "._calls",
+    "LegacyStream": "._legacy", "OllamaClient": "._legacy", "get_ollama_client": "._legacy",
+    "Client": "._sync", "Stream": "._sync",
+    **dict.fromkeys(["ERROR_CLASSES", "BackendError", "BadRequest", "Busy", "Cancelled",
+                     "Forbidden", "InternalError", "ModelNotFound", "OllamadError",
+                     "RequestTimeout", "ShuttingDown", "TooLarge", "Unavailable", "UnknownOp",
+                     "error_for"], ".errors"),
+    "ErrorCode": ".protocol",
+}
+
+if TYPE_CHECKING:
+    from ._async import AsyncClient, AsyncStream
+    from ._calls import DEFAULT_ENDPOINT, SOCKET_ENV, ChatOptions, GenerationOptions
+    from ._legacy import LegacyStream, OllamaClient, get_ollama_client
+    from ._sync import Client, Stream
+    from .errors import (ERROR_CLASSES, BackendError, BadRequest, Busy, Cancelled, Forbidden,
+                         InternalError, ModelNotFound, OllamadError, RequestTimeout,
+                         ShuttingDown, TooLarge, Unavailable, UnknownOp, error_for)
+    from .protocol import ErrorCode
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     # modern API
