@@ -187,7 +187,7 @@ def test_a_full_queue_answers_busy(daemon_factory):
     def call():
         with daemon.client() as client:
             try:
-                client.generate("wait", timeout=3.0)
+                client.generate("wait", timeout=1.5)
             except OllamadError as exc:
                 errors.append(exc)
 
