@@ -121,7 +121,8 @@ class Daemon:
             gpu_monitor=self.gpu_monitor, metrics=self.request_metrics, progress=self.progress,
             requests=self.requests, bound=lambda: self._router.bound if self._router else config.socket,
             stopping=lambda: self._stopping, queued_bytes=lambda: self.dispatcher.queued_bytes,
-            backlog=lambda: self._loop.delivery.backlog_size() if self._loop else 0)
+            backlog=lambda: self._loop.delivery.backlog_size() if self._loop else 0,
+            loads=lambda: self.loads.snapshot())
         self._stopping = False
         self._router: RouterSocket | None = None
         self._context: zmq.Context | None = None

@@ -201,6 +201,9 @@ def changed_keys(old: Config, new: Config) -> dict[Applies, list[str]]:
     for key in _KEYS.values():
         if key.value(old) != key.value(new):
             changed.setdefault(key.spec.applies, []).append(key.name)
+    for f in dataclasses.fields(Config):   # tables apply at once: the next request uses them
+        if "table" in f.metadata and getattr(old, f.name) != getattr(new, f.name):
+            changed.setdefault(Applies.LIVE, []).append(f.name)
     return changed
 
 

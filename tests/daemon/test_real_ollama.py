@@ -40,6 +40,8 @@ def test_a_15_s_load_is_never_cut_by_a_request_and_happens_once(daemon_factory):
             client.generate("in a hurry", timeout=5.0)
         assert impatient.value.code.value == "timeout"
         assert "load" in impatient.value.message and "goes on" in impatient.value.message
+        [loading] = client.status()["ollama"]["loads_in_progress"]
+        assert loading["model"] == "llama3.1:8b" and loading["for_s"] >= 4.0
         # The request gave up; the load did not. A request with the default deadline,
         # sent now, waits for that same load and is served.
         result = client.generate("patient", timeout=22.0)
@@ -143,3 +145,19 @@ def test_a_slow_load_under_fast_probes_is_not_taken_for_a_hang(daemon_factory):
         status = client.status()["ollama"]
     assert status["restarts"] == 0 and status["state"] == "RUNNING"
     assert daemon.standin_state()["loads"] == {"started": 1, "aborted": 0}
+
+
+def test_runner_options_reloaded_apply_to_the_next_request(daemon_factory, wait_for):
+    import os
+    import signal
+    daemon = daemon_factory({"ollama": {"probe_interval": 60.0}})
+    text = daemon.config_path.read_text()
+    daemon.config_path.write_text(text + '[runner_options."llama3.1:8b"]\nnum_batch = 256\n')
+    os.kill(daemon.process.pid, signal.SIGHUP)
+    wait_for(lambda: "applied now: runner_options" in daemon.log(), 10, "the reload")
+    with daemon.client() as client:
+        assert client.generate("after the reload")["text"]
+        with pytest.raises(OllamadError) as refused:
+            client.generate("other batch", options={"num_batch": 512})
+    assert daemon.sent("after the reload")["options"]["num_batch"] == 256
+    assert 'set by [runner_options."llama3.1:8b"]' in refused.value.message

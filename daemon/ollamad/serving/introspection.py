@@ -33,8 +33,10 @@ class Introspection:
     def __init__(self, *, config: Callable[[], Any], supervisor: Supervisor, pool: WorkerPool,
                  gpu_monitor: GpuMonitor, metrics: Metrics, progress: ProgressTracker,
                  requests: OpenRequests, bound: Callable[[], str], stopping: Callable[[], bool],
-                 queued_bytes: Callable[[], int], backlog: Callable[[], int]):
+                 queued_bytes: Callable[[], int], backlog: Callable[[], int],
+                 loads: Callable[[], list[dict[str, Any]]]):
         self._config = config
+        self._loads = loads
         self._supervisor = supervisor
         self._pool = pool
         self._gpu = gpu_monitor
@@ -64,7 +66,7 @@ class Introspection:
                                        "refused": self._requests.refused_connections},
                        "files": open_files(),
                        "model": config.model},
-            "ollama": self._supervisor.snapshot(),
+            "ollama": {**self._supervisor.snapshot(), "loads_in_progress": self._loads()},
             "gpu": self._gpu.summary(),
             "health": self.health(),
         }
