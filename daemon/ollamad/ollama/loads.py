@@ -106,9 +106,10 @@ class Loads:
         """
         model, options = body["model"], body.get("options") or {}
         key = (names.key(model), _options_key(_runner_part(options)))
+        run = self._run()   # not under our lock: it takes the supervisor's
         with self._lock:
             known = self._loaded.get(key)
-            if known and known[0] == self._run() and known[1] > self._clock():
+            if known and known[0] == run and known[1] > self._clock():
                 return
             load = self._loading.get(key)
             if load is None:
@@ -133,8 +134,9 @@ class Loads:
             until = self._clock() + keep_alive_seconds(body.get("keep_alive", "5m"))
         except ValueError:
             return
+        run = self._run()
         with self._lock:
-            self._loaded[key] = (self._run(), until)
+            self._loaded[key] = (run, until)
 
     def loading(self, model: str) -> bool:
         """A load of ``model`` is under way (the probe must not take its slowness for a hang)."""
