@@ -130,11 +130,7 @@ class Loads:
     def used(self, body: Mapping[str, Any]) -> None:
         """A generation for ``body['model']`` ended: Ollama keeps it for its keep_alive now."""
         key = (names.key(body["model"]), _options_key(_runner_part(body.get("options") or {})))
-        try:
-            until = self._clock() + keep_alive_seconds(body.get("keep_alive", "5m"))
-        except ValueError:
-            return
-        run = self._run()
+        until, run = self._kept_until(body), self._run()
         with self._lock:
             self._loaded[key] = (run, until)
 
@@ -148,6 +144,11 @@ class Loads:
         with self._lock:
             return [{"model": load.model, "for_s": round(now - load.started, 3)}
                     for load in self._loading.values()]
+
+    def _kept_until(self, body: Mapping[str, Any]) -> float:
+        """When Ollama unloads the model after a request with ``body``'s keep_alive ends now
+        (args validated it; Ollama's default when there is none)."""
+        return self._clock() + keep_alive_seconds(body.get("keep_alive", "5m"))
 
     # -- the load thread --------------------------------------------------------------
     def _load(self, key: tuple[str, tuple], load: Load, body: Mapping[str, Any]) -> None:
@@ -163,11 +164,7 @@ class Loads:
         with self._lock:
             del self._loading[key]
             if load.failure is None:
-                try:
-                    until = self._clock() + keep_alive_seconds(body.get("keep_alive", "5m"))
-                except ValueError:
-                    until = self._clock()
-                self._loaded[key] = (run, until)
+                self._loaded[key] = (run, self._kept_until(body))
         load.done.set()
         if load.failure is None and load.load_ns:
             log.info("loaded %s in %.1f s", load.model, load.load_ns / 1e9)

@@ -131,9 +131,12 @@ class ProcessTree:
         """Add every live member of the tree to the known descendants, so that a sweep
         finds them by pid and create time even after the server is gone for good."""
         self.descendants()
-        members = self._ours()
+        self._note(self._ours())
+
+    def _note(self, processes: list[psutil.Process]) -> None:
+        """Remember these processes by pid and create time."""
         with self._lock:
-            for process in members:
+            for process in processes:
                 try:
                     self._known.setdefault(process.pid, process.create_time())
                 except psutil.Error:
@@ -147,12 +150,7 @@ class ProcessTree:
             children = self._root.children(recursive=True)
         except psutil.Error:
             return []
-        with self._lock:
-            for child in children:
-                try:
-                    self._known.setdefault(child.pid, child.create_time())
-                except psutil.Error:
-                    pass
+        self._note(children)
         return children
 
     def pids(self) -> set[int]:
