@@ -48,7 +48,7 @@ _LAZY = {
     "LegacyStream": "._legacy", "OllamaClient": "._legacy", "get_ollama_client": "._legacy",
     "Client": "._sync", "Stream": "._sync",
     **dict.fromkeys(["ERROR_CLASSES", "BackendError", "BadRequest", "Busy", "Cancelled",
-                     "Forbidden", "InternalError", "ModelNotFound", "OllamadError",
+                     "Forbidden", "InternalError", "ModelNotFound", "NotAllowed", "OllamadError",
                      "RequestTimeout", "ShuttingDown", "TooLarge", "Unavailable", "UnknownOp",
                      "error_for"], ".errors"),
     "ErrorCode": ".protocol",
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from ._legacy import LegacyStream, OllamaClient, get_ollama_client
     from ._sync import Client, Stream
     from .errors import (ERROR_CLASSES, BackendError, BadRequest, Busy, Cancelled, Forbidden,
-                         InternalError, ModelNotFound, OllamadError, RequestTimeout,
+                         InternalError, ModelNotFound, NotAllowed, OllamadError, RequestTimeout,
                          ShuttingDown, TooLarge, Unavailable, UnknownOp, error_for)
     from .protocol import ErrorCode
 
@@ -87,7 +87,7 @@ __all__ = [
     # errors
     "OllamadError", "BadRequest", "UnknownOp", "TooLarge", "Busy", "RequestTimeout",
     "BackendError", "ModelNotFound", "Unavailable", "ShuttingDown", "Forbidden", "Cancelled",
-    "InternalError", "ERROR_CLASSES", "ErrorCode", "error_for",
+    "NotAllowed", "InternalError", "ERROR_CLASSES", "ErrorCode", "error_for",
     # the wire protocol
     "protocol",
 ]

@@ -75,9 +75,10 @@ class AsyncClient(ClientBase):
         return join_batch(calls, [await self._settled(call) for call in calls])
 
     async def embed(self, input: str | Sequence[str], *, model: str | None = None,
-                    timeout: float | None = None) -> list[list[float]]:
+                    timeout: float | None = None, priority: str | None = None,
+                    profile: str | None = None) -> list[list[float]]:
         """See :meth:`Client.embed`."""
-        call = self._embed_call(input, model, timeout)
+        call = self._embed_call(input, model, timeout, priority, profile)
         calls = split_embed(call, await self._daemon_limits(timeout)) if may_split_embed(call) \
             else [call]
         return join_embeddings([await self._run(call) for call in calls])

@@ -16,7 +16,9 @@ import functools
 import itertools
 import math
 import os
+import re
 import secrets
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ from .errors import (InternalError, OllamadError, RequestTimeout, TooLarge, Unav
 DEFAULT_ENDPOINT = "ipc:///run/ollamad/ollamad.sock"
 #: Environment variable that overrides :data:`DEFAULT_ENDPOINT` (daemon, CLI and client alike).
 SOCKET_ENV = "OLLAMAD_SOCKET"
+#: Environment variable naming the app (the tenant's app name) when the code gives none.
+APP_ENV = "OLLAMAD_APP"
 #: Seconds the client waits beyond a request's own timeout: the daemon answers
 #: ``timeout`` itself at the deadline, and that answer says more than silence.
 REPLY_GRACE = 0.5
@@ -58,6 +62,10 @@ class GenerationOptions(TypedDict, total=False):
       a level, ``"low"``/``"medium"``/``"high"``/``"max"``); Ollama's default is to think when the model
       can, and ``think`` for a model that cannot is ``bad_request``. The reasoning
       comes back in the result's ``thinking`` (and in streams, see ``Stream.chunks``).
+    - ``priority``: the daemon's lane, ``"interactive"`` (the default, except for
+      ``batch``) or ``"batch"``: interactive requests take free slots first.
+    - ``profile``: a profile of the daemon's config (``"voice_eval"``): its
+      temperature, max_tokens, priority, timeout ... apply where the call gives none.
     """
 
     model: str | None
@@ -68,6 +76,8 @@ class GenerationOptions(TypedDict, total=False):
     options: Mapping[str, Any] | None
     keep_alive: str | float | None
     think: bool | str | None
+    priority: str | None
+    profile: str | None
 
 
 class ChatOptions(GenerationOptions, total=False):
@@ -100,6 +110,21 @@ def default_endpoint() -> str:
     return os.environ.get(SOCKET_ENV) or DEFAULT_ENDPOINT
 
 
+def default_app() -> str:
+    """``$OLLAMAD_APP``, else the program's name, in the characters an app name may have."""
+    name = os.environ.get(APP_ENV) or os.path.basename(sys.argv[0] if sys.argv else "")
+    if name in ("", "-c", "-m", "__main__.py"):
+        name = "python"
+    return re.sub(r"[^A-Za-z0-9._:@+/-]", "-", name)[:64]
+
+
+def check_app(value: Any) -> str:
+    if not (isinstance(value, str) and protocol.APP_NAME.fullmatch(value)):
+        raise ValueError(f"app must be 1 to 64 letters, digits or ._:@+/- characters, "
+                         f"not {value!r}")
+    return value
+
+
 def check_timeout(value: Any, name: str = "timeout") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not 0 < value <= protocol.MAX_TIMEOUT:
@@ -117,6 +142,9 @@ class Call:
     timeout: float
     stream: bool = False
     shape: Callable[[dict[str, Any]], Any] = dict
+    #: False: nobody chose the deadline; it is not sent, and the daemon's
+    #: (a profile's, or 60 s, within the user's limit) applies.
+    timeout_given: bool = True
 
 
 @dataclass(frozen=True)
@@ -276,14 +304,20 @@ class ClientBase:
     """Configuration and request building shared by the sync and async clients."""
 
     def __init__(self, socket: str | None = None, *, model: str | None = None,
-                 timeout: float = protocol.DEFAULT_TIMEOUT, connect_timeout: float = 1.0,
-                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES):
+                 timeout: float | None = None, connect_timeout: float = 1.0,
+                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+                 app: str | None = None):
         #: The daemon's ZeroMQ endpoint (``ipc://...`` or ``tcp://host:port``).
         self.endpoint = socket or default_endpoint()
         #: Model for generation calls that name none (``None``: the daemon's default).
         self.model = model
-        #: Default deadline of a request, in seconds.
-        self.timeout = check_timeout(timeout)
+        #: The app this client's requests belong to (the daemon accounts and
+        #: shares by it): ``app``, else ``$OLLAMAD_APP``, else the program's name.
+        self.app = check_app(app) if app is not None else default_app()
+        #: Default deadline of a request, in seconds (60 unless given; a request
+        #: naming a profile then takes the profile's).
+        self._timeout_given = timeout is not None
+        self.timeout = check_timeout(timeout) if timeout is not None else protocol.DEFAULT_TIMEOUT
         #: How long a call waits for a connection to the daemon before raising ``Unavailable``.
         self.connect_timeout = check_timeout(connect_timeout, "connect_timeout")
         #: Largest request this client sends (the daemon disconnects bigger senders silently).
@@ -312,7 +346,11 @@ class ClientBase:
     def _call(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None,
               *, stream: bool = False, shape: Callable[[dict[str, Any]], Any] = dict) -> Call:
         seconds = self.timeout if timeout is None else check_timeout(timeout)
-        return Call(op, dict(args or {}), seconds, stream, shape)
+        args = dict(args or {})
+        # A deadline nobody chose is left to the daemon: the profile's, or its
+        # default, within the user's tenants.max_timeout.
+        given = timeout is not None or self._timeout_given
+        return Call(op, args, seconds, stream, shape, timeout_given=given)
 
     def _generation_call(self, op: str, key: str, value: Any, generation: Mapping[str, Any],
                          timeout: float | None, stream: bool = False) -> Call:
@@ -340,10 +378,14 @@ class ClientBase:
                           timeout, shape=_batch_shape(prompts))
 
     def _embed_call(self, input: str | Sequence[str], model: str | None,
-                    timeout: float | None) -> Call:
+                    timeout: float | None, priority: str | None = None,
+                    profile: str | None = None) -> Call:
         args: dict[str, Any] = {"input": input if isinstance(input, str) else list(input)}
         if model or self.model:
             args["model"] = model or self.model
+        for key, value in (("priority", priority), ("profile", profile)):
+            if value is not None:
+                args[key] = value
         return self._call("embed", args, timeout, shape=_embeddings)
 
     def _restart_call(self, reason: str | None, timeout: float | None) -> Call:
@@ -356,7 +398,8 @@ class ClientBase:
         if self._closed:
             raise client_closed(self.endpoint)
         request_id = new_request_id()
-        request = protocol.Request(request_id, call.op, call.args, call.timeout, call.stream)
+        request = protocol.Request(request_id, call.op, call.args, call.timeout, call.stream,
+                                   app=self.app, timeout_given=call.timeout_given)
         try:
             frame = protocol.encode_request(request)
         except (TypeError, ValueError) as exc:
@@ -365,4 +408,8 @@ class ClientBase:
             # libzmq would disconnect us without a word: refuse before the socket sees it.
             raise TooLarge(f"request is {len(frame)} bytes; the limit is "
                            f"{self.max_message_bytes} (max_message_bytes)")
-        return Outgoing(call, request_id, frame, time.monotonic() + call.timeout + REPLY_GRACE)
+        # With a profile and no deadline chosen, the profile's applies, which
+        # only the daemon knows: it answers by then, at the latest by MAX_TIMEOUT.
+        waits = protocol.MAX_TIMEOUT if not call.timeout_given and call.args.get("profile") \
+            else call.timeout
+        return Outgoing(call, request_id, frame, time.monotonic() + waits + REPLY_GRACE)

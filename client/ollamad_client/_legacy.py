@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,10 +22,48 @@ AVAILABILITY_TIMEOUT = 1.0
 #: Deadline of the status/models/metrics queries behind health_check and get_metrics.
 QUERY_TIMEOUT = 5.0
 
-_METRICS_WHEN_DOWN: dict[str, Any] = {
-    "total_requests": 0, "successful_requests": 0, "failed_requests": 0,
-    "success_rate": 0.0, "average_response_time": 0.0,
+
+#: The old constructor's arguments that the daemon's configuration now decides.
+_NO_LONGER_APPLY = {
+    "base_url": "the Ollama URL is the daemon's (ollama.url)",
+    "max_retries": "retries are the daemon's (max_attempts)",
+    "max_workers": "the worker pool is the daemon's (workers)",
 }
+_warned: set[str] = set()
+
+
+def _warn_once(argument: str) -> None:
+    if argument not in _warned:
+        _warned.add(argument)
+        warnings.warn(f"OllamaClient({argument}=...) no longer applies: "
+                      f"{_NO_LONGER_APPLY[argument]}", DeprecationWarning, stacklevel=3)
+
+
+class ProcessMetrics:
+    """This process's own model calls, counted as the old in-process client counted them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = self._ok = 0
+        self._time_sum = 0.0
+
+    def record(self, outcome: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._total += 1
+            self._ok += bool(outcome["success"])
+            self._time_sum += float(outcome["response_time"] or 0.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            total, ok = self._total, self._ok
+            return {"total_requests": total, "successful_requests": ok,
+                    "failed_requests": total - ok,
+                    "success_rate": round(ok / total, 6) if total else 0.0,
+                    "average_response_time": round(self._time_sum / total, 6) if total else 0.0}
+
+
+#: Shared by every OllamaClient of the process (a forked child starts from zero).
+_process_metrics = ProcessMetrics()
 
 
 def _success(result: Mapping[str, Any], elapsed: float) -> dict[str, Any]:
@@ -62,6 +101,11 @@ def _failure(error: OllamadError, elapsed: float, model: str | None,
     return outcome
 
 
+def _counted(outcome: dict[str, Any]) -> dict[str, Any]:
+    _process_metrics.record(outcome)
+    return outcome
+
+
 def _has_model(names: Iterable[str], model: str | None) -> bool:
     if not model:
         return False
@@ -72,16 +116,20 @@ def _has_model(names: Iterable[str], model: str | None) -> bool:
 class OllamaClient:
     """Drop-in replacement for the old in-process Ollama client, served by ollamad.
 
-    ``base_url``, ``timeout`` (the old per-attempt timeout), ``max_retries``
-    and ``max_workers`` are accepted for compatibility only: the Ollama URL,
-    attempt time-out, retries and worker pool are now the daemon's
-    configuration, and these arguments change nothing. ``model`` is the model
-    for calls that name none (default: the daemon's, ``llama3.1:8b`` unless
-    configured otherwise). ``socket`` is the daemon's endpoint (default
-    ``$OLLAMAD_SOCKET`` or ``ipc:///run/ollamad/ollamad.sock``);
-    ``request_timeout`` the overall deadline of each request in seconds;
-    ``connect_timeout`` how long a call waits for the daemon to accept a
-    connection before reporting ``unavailable``.
+    ``timeout`` is now each request's whole deadline in seconds (it was the
+    old client's per-attempt time-out; the daemon's ``attempt_timeout`` limits
+    attempts now): none given, 60 s, or the profile's for a call naming one.
+    ``base_url``, ``max_retries`` and ``max_workers`` are accepted for
+    compatibility only and warn once each (``DeprecationWarning``): the Ollama
+    URL, retries and worker pool are the daemon's configuration. ``model``
+    is the model for calls that name none (default: the daemon's,
+    ``llama3.1:8b`` unless configured otherwise). ``socket`` is the daemon's
+    endpoint (default ``$OLLAMAD_SOCKET`` or
+    ``ipc:///run/ollamad/ollamad.sock``); ``request_timeout`` is the same as
+    ``timeout`` and wins over it; ``connect_timeout`` how long a call waits
+    for the daemon to accept a connection before reporting ``unavailable``;
+    ``app`` the app name the daemon accounts this process's requests to
+    (default ``$OLLAMAD_APP``, else the program's name).
 
     Thread-safe. Methods never raise for request failures: results carry
     ``success=False``, ``error`` (the message) and ``error_code``.
@@ -90,16 +138,22 @@ class OllamaClient:
     def __init__(self, base_url: str | None = None, model: str | None = None,
                  timeout: float | None = None, max_retries: int | None = None,
                  max_workers: int | None = None, *, socket: str | None = None,
-                 request_timeout: float = 60.0, connect_timeout: float = 1.0):
+                 request_timeout: float | None = None, connect_timeout: float = 1.0,
+                 app: str | None = None):
+        for name, value in (("base_url", base_url), ("max_retries", max_retries),
+                            ("max_workers", max_workers)):
+            if value is not None:
+                _warn_once(name)
         self.base_url = base_url
         self.model = model
-        self.timeout = timeout
         self.max_retries = max_retries
         self.max_workers = max_workers
-        self.request_timeout = request_timeout
+        deadline = request_timeout if request_timeout is not None else timeout
         #: The underlying exception-raising :class:`Client`, for code moving on to it.
-        self.client = Client(socket, model=model, timeout=request_timeout,
-                             connect_timeout=connect_timeout)
+        self.client = Client(socket, model=model, timeout=deadline,
+                             connect_timeout=connect_timeout, app=app)
+        #: Each request's deadline in seconds.
+        self.timeout = self.request_timeout = self.client.timeout
 
     @property
     def closed(self) -> bool:
@@ -180,8 +234,8 @@ class OllamaClient:
         items = self.client.batch(prompts, temperature=temperature, max_tokens=max_tokens,
                                   system=system_prompt, **extra)
         elapsed = time.monotonic() - started
-        return [_failure(item, elapsed, extra.get("model") or self.model)
-                if isinstance(item, OllamadError) else _success(item, elapsed)
+        return [_counted(_failure(item, elapsed, extra.get("model") or self.model)
+                         if isinstance(item, OllamadError) else _success(item, elapsed))
                 for item in items]
 
     def stream(self, prompt: str, temperature: float = 0.7, max_tokens: int | None = None,
@@ -197,20 +251,25 @@ class OllamaClient:
         try:
             vectors = self.client.embed(input, model=model)
         except OllamadError as exc:
-            return {"embeddings": [], "success": False, "error": exc.message,
-                    "error_code": exc.code.value, "response_time": time.monotonic() - started,
-                    "model": model or self.model}
-        return {"embeddings": vectors, "success": True, "error": None, "error_code": None,
-                "response_time": time.monotonic() - started, "model": model or self.model}
+            return _counted({"embeddings": [], "success": False, "error": exc.message,
+                             "error_code": exc.code.value,
+                             "response_time": time.monotonic() - started,
+                             "model": model or self.model})
+        return _counted({"embeddings": vectors, "success": True, "error": None,
+                         "error_code": None, "response_time": time.monotonic() - started,
+                         "model": model or self.model})
 
     def get_metrics(self) -> dict[str, Any]:
-        """The daemon's metrics (``total_requests``, ``successful_requests``,
-        ``failed_requests``, ``success_rate``, ``average_response_time`` and
-        more); zeros and ``error`` when the daemon is down."""
+        """This process's own figures, as the old client kept them
+        (``total_requests``, ``successful_requests``, ``failed_requests``,
+        ``success_rate``, ``average_response_time``: every model call of the
+        process's OllamaClients), and under ``host`` the daemon's for every
+        app (``None``, with ``error`` and ``error_code``, when it is down)."""
+        own = _process_metrics.snapshot()
         try:
-            return self.client.metrics(timeout=QUERY_TIMEOUT)
+            return {**own, "host": self.client.metrics(timeout=QUERY_TIMEOUT)}
         except OllamadError as exc:
-            return {**_METRICS_WHEN_DOWN, "error": exc.message, "error_code": exc.code.value}
+            return {**own, "host": None, "error": exc.message, "error_code": exc.code.value}
 
     def shutdown(self) -> None:
         """Close the sockets (open streams are cancelled, calls in flight finish
@@ -229,8 +288,8 @@ class OllamaClient:
         try:
             result = run()
         except OllamadError as exc:
-            return _failure(exc, time.monotonic() - started, model or self.model, chat)
-        return _success(result, time.monotonic() - started)
+            return _counted(_failure(exc, time.monotonic() - started, model or self.model, chat))
+        return _counted(_success(result, time.monotonic() - started))
 
 
 class LegacyStream:
@@ -257,10 +316,11 @@ class LegacyStream:
             return next(self._stream)
         except StopIteration:
             if self._stream.result is not None:  # None: closed before the end
-                self.result = _success(self._stream.result, time.monotonic() - self._started)
+                self.result = _counted(_success(self._stream.result,
+                                                time.monotonic() - self._started))
             raise
         except OllamadError as exc:
-            self.result = _failure(exc, time.monotonic() - self._started, self._model)
+            self.result = _counted(_failure(exc, time.monotonic() - self._started, self._model))
             raise StopIteration from None
 
     def close(self) -> None:
@@ -287,9 +347,11 @@ def get_ollama_client(**kwargs: Any) -> OllamaClient:
 
 
 def _after_fork_in_child() -> None:
-    # Another parent thread may have held the lock at fork time.
-    global _shared_lock
+    # Another parent thread may have held the lock at fork time; and the
+    # child's figures are its own.
+    global _shared_lock, _process_metrics
     _shared_lock = threading.Lock()
+    _process_metrics = ProcessMetrics()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

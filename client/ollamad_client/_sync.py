@@ -16,12 +16,15 @@ from .errors import OllamadError
 class Client(ClientBase):
     """Blocking client for ollamad; failures raise :class:`OllamadError` subclasses.
 
-    ``Client(socket=None, *, model=None, timeout=60.0, connect_timeout=1.0,
-    max_message_bytes=4 MiB)``: ``socket`` is the daemon's ZeroMQ endpoint
+    ``Client(socket=None, *, model=None, timeout=None, connect_timeout=1.0,
+    max_message_bytes=4 MiB, app=None)``: ``socket`` is the daemon's ZeroMQ endpoint
     (default ``$OLLAMAD_SOCKET`` or ``ipc:///run/ollamad/ollamad.sock``);
     ``model`` the model for calls that name none (default: the daemon's);
-    ``timeout`` each request's default deadline in seconds; ``connect_timeout``
-    how long a call waits for a connection before raising ``Unavailable``.
+    ``timeout`` each request's default deadline in seconds (none given: 60 s,
+    or the profile's for a call naming one); ``connect_timeout`` how long a
+    call waits for a connection before raising ``Unavailable``; ``app`` the
+    app name the daemon accounts this client's requests to and shares slots
+    by (default ``$OLLAMAD_APP``, else the program's name).
 
     Share one client between threads freely: each thread gets one socket,
     which all its calls and streams share (replies are told apart by request
@@ -104,14 +107,16 @@ class Client(ClientBase):
         return join_batch(calls, [self._settled(call) for call in calls])
 
     def embed(self, input: str | Sequence[str], *, model: str | None = None,
-              timeout: float | None = None) -> list[list[float]]:
-        """One embedding vector per input string.
+              timeout: float | None = None, priority: str | None = None,
+              profile: str | None = None) -> list[list[float]]:
+        """One embedding vector per input string (``priority`` and ``profile`` as for
+        :meth:`generate`).
 
         A list longer than the daemon's ``max_embed_inputs`` (from its
         ``ping``; no limit if it does not say) goes as several embed ops, one
         after another; the vectors come back in input order.
         """
-        call = self._embed_call(input, model, timeout)
+        call = self._embed_call(input, model, timeout, priority, profile)
         calls = split_embed(call, self._daemon_limits(timeout)) if may_split_embed(call) \
             else [call]
         return join_embeddings([self._run(call) for call in calls])

@@ -23,15 +23,17 @@ class OllamadError(Exception):
     """A request failed: ``code`` (an :class:`ErrorCode`), ``message``, ``retryable``.
 
     ``attempts`` is how many calls the daemon made to Ollama before failing,
-    when it says (``None`` otherwise).
+    when it says (``None`` otherwise); ``retry_after`` the seconds after which
+    a retry is likely to find room, when the daemon says (a ``busy`` hint).
     """
 
     def __init__(self, code: ErrorCode | str, message: str, retryable: bool | None = None,
-                 *, attempts: int | None = None):
+                 *, attempts: int | None = None, retry_after: float | None = None):
         self.code = ErrorCode(code)
         self.message = message
         self.retryable = self.code.retryable if retryable is None else retryable
         self.attempts = attempts
+        self.retry_after = retry_after
         super().__init__(message)
 
     def __str__(self) -> str:
@@ -43,7 +45,8 @@ class OllamadError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         # Subclasses take (message, ...) rather than (code, message, ...):
         # rebuild through error_for so pickling (multiprocessing) keeps the class.
-        return (error_for, (self.code.value, self.message, self.retryable, self.attempts))
+        return (error_for, (self.code.value, self.message, self.retryable, self.attempts,
+                            self.retry_after))
 
 
 class _CodedError(OllamadError):
@@ -51,8 +54,10 @@ class _CodedError(OllamadError):
 
     CODE: ClassVar[ErrorCode]
 
-    def __init__(self, message: str, retryable: bool | None = None, *, attempts: int | None = None):
-        super().__init__(self.CODE, message, retryable, attempts=attempts)
+    def __init__(self, message: str, retryable: bool | None = None, *, attempts: int | None = None,
+                 retry_after: float | None = None):
+        super().__init__(self.CODE, message, retryable, attempts=attempts,
+                         retry_after=retry_after)
 
 
 class BadRequest(_CodedError):
@@ -71,7 +76,7 @@ class TooLarge(_CodedError):
 
 
 class Busy(_CodedError):
-    """The daemon's queue is full; retry later."""
+    """The daemon's queue (or this user's share of it) is full; retry after ``retry_after`` s."""
     CODE = ErrorCode.BUSY
 
 
@@ -110,6 +115,11 @@ class Cancelled(_CodedError):
     CODE = ErrorCode.CANCELLED
 
 
+class NotAllowed(_CodedError):
+    """The host's policy refuses it: a model not allowed, or a keep_alive too long."""
+    CODE = ErrorCode.NOT_ALLOWED
+
+
 class InternalError(_CodedError):
     """A bug in the daemon (or a reply this client cannot read)."""
     CODE = ErrorCode.INTERNAL
@@ -119,20 +129,22 @@ class InternalError(_CodedError):
 ERROR_CLASSES: Mapping[ErrorCode, type[_CodedError]] = {
     cls.CODE: cls
     for cls in (BadRequest, UnknownOp, TooLarge, Busy, RequestTimeout, BackendError,
-                ModelNotFound, Unavailable, ShuttingDown, Forbidden, Cancelled, InternalError)
+                ModelNotFound, Unavailable, ShuttingDown, Forbidden, Cancelled, NotAllowed,
+                InternalError)
 }
 assert set(ERROR_CLASSES) == set(ErrorCode), "every error code needs its class"
 
 
 def error_for(code: ErrorCode | str, message: str, retryable: bool | None = None,
-              attempts: int | None = None) -> OllamadError:
+              attempts: int | None = None, retry_after: float | None = None) -> OllamadError:
     """The exception of the right class for ``code``."""
-    return ERROR_CLASSES[ErrorCode(code)](message, retryable, attempts=attempts)
+    return ERROR_CLASSES[ErrorCode(code)](message, retryable, attempts=attempts,
+                                          retry_after=retry_after)
 
 
 def from_wire(error: Error, attempts: int | None = None) -> OllamadError:
     """The exception for a decoded protocol :class:`Error`."""
-    return error_for(error.code, error.message, error.retryable, attempts)
+    return error_for(error.code, error.message, error.retryable, attempts, error.retry_after)
 
 
 def from_error_object(obj: Any) -> OllamadError:

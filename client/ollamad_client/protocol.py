@@ -51,6 +51,9 @@ DEFAULT_TIMEOUT = 60.0
 #: Longest deadline a request may ask for, in seconds.
 MAX_TIMEOUT = 3600.0
 
+#: What an app name (the request's ``app``) may be: 1 to 64 of these characters.
+APP_NAME = re.compile(r"[A-Za-z0-9._:@+/-]{1,64}")
+
 
 class ErrorCode(str, enum.Enum):
     """The closed set of error codes a final reply can carry."""
@@ -66,6 +69,7 @@ class ErrorCode(str, enum.Enum):
     SHUTTING_DOWN = "shutting_down"      # daemon is stopping
     FORBIDDEN = "forbidden"              # admin op from a non-admin peer
     CANCELLED = "cancelled"              # the client (or the daemon for it) cancelled it
+    NOT_ALLOWED = "not_allowed"          # the host's policy refuses it (model, keep_alive)
     INTERNAL = "internal"                # a bug in the daemon
 
     @property
@@ -110,6 +114,10 @@ class Request:
     args: Mapping[str, Any] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT
     stream: bool = False
+    #: The app the client says it is (for accounting and fairness, not for trust).
+    app: str | None = None
+    #: False when the request named no ``timeout``: a profile's may apply.
+    timeout_given: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,13 +125,21 @@ class Error:
     code: ErrorCode
     message: str
     retryable: bool
+    #: Seconds after which a retry is likely to succeed (a ``busy`` hint), when known.
+    retry_after: float | None = None
 
     @classmethod
-    def of(cls, code: ErrorCode, message: str, retryable: bool | None = None) -> "Error":
-        return cls(code, message, code.retryable if retryable is None else retryable)
+    def of(cls, code: ErrorCode, message: str, retryable: bool | None = None,
+           retry_after: float | None = None) -> "Error":
+        return cls(code, message, code.retryable if retryable is None else retryable,
+                   retry_after)
 
     def to_json(self) -> dict[str, Any]:
-        return {"code": self.code.value, "message": self.message, "retryable": self.retryable}
+        body: dict[str, Any] = {"code": self.code.value, "message": self.message,
+                                "retryable": self.retryable}
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return body
 
 
 def _dumps(obj: Mapping[str, Any]) -> bytes:
@@ -185,9 +201,13 @@ def loads(frame: bytes | str) -> Any:
 
 
 def encode_request(request: Request) -> bytes:
-    return _dumps({"v": VERSION, "id": request.id, "op": request.op,
-                   "args": dict(request.args), "timeout": request.timeout,
-                   "stream": request.stream})
+    obj: dict[str, Any] = {"v": VERSION, "id": request.id, "op": request.op,
+                           "args": dict(request.args), "stream": request.stream}
+    if request.timeout_given:
+        obj["timeout"] = request.timeout
+    if request.app is not None:
+        obj["app"] = request.app
+    return _dumps(obj)
 
 
 def encode_result(request_id: str, result: Mapping[str, Any]) -> bytes:
@@ -273,7 +293,11 @@ def decode_request(frame: bytes) -> Request:
         raise bad("'stream' must be true or false")
     if stream and op not in STREAMING_OPS:
         raise bad(f"op {op!r} cannot stream")
-    return Request(id=rid, op=op, args=args, timeout=float(timeout), stream=stream)
+    app = obj.get("app")
+    if app is not None and not (isinstance(app, str) and APP_NAME.fullmatch(app)):
+        raise bad("'app' must be 1 to 64 letters, digits or ._:@+/- characters")
+    return Request(id=rid, op=op, args=args, timeout=float(timeout), stream=stream, app=app,
+                   timeout_given="timeout" in obj)
 
 
 @dataclass(frozen=True)
@@ -323,5 +347,9 @@ def decode_error(obj: Any) -> tuple[Error, int | None]:
     attempts = err.get("attempts")
     if isinstance(attempts, bool) or not isinstance(attempts, int):
         attempts = None
-    return (Error(code, str(err.get("message", "")), bool(err.get("retryable", code.retryable))),
-            attempts)
+    retry_after = err.get("retry_after")
+    if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)) \
+            or not 0 <= retry_after <= MAX_TIMEOUT:
+        retry_after = None
+    return (Error(code, str(err.get("message", "")), bool(err.get("retryable", code.retryable)),
+                  None if retry_after is None else float(retry_after)), attempts)

@@ -29,7 +29,9 @@ from ollamad.gpu import GpuMonitor, VramLeakPolicy, models_vram_bytes
 from ollamad.logsetup import set_level
 from ollamad.metrics import Metrics
 from ollamad.notify import Notifier, format_status
-from ollamad.pool import ProgressTracker, WorkerPool
+from ollamad.ollama import names
+from ollamad.scheduling import (ProgressTracker, WorkerPool, admission_from_config, lane_policy,
+                                limit_book)
 from ollamad.ollama.loads import Loads
 from ollamad.retry import OllamaFailure, RetryPolicy
 from ollamad.serving import admin
@@ -107,7 +109,8 @@ class Daemon:
         self.loads = Loads(lambda: self.supervisor.url, lambda: self.supervisor.run_id,
                            config.ollama.load_timeout)
         self.backend = OllamaBackend(self.supervisor, RetryPolicy.from_config(config), self.loads)
-        self.pool = WorkerPool(config.workers, config.queue_size)
+        self.pool = WorkerPool(config.workers, config.queue_size, policy=lane_policy(config),
+                               limits=limit_book(config))
         self.gpu_monitor = GpuMonitor(config.gpu.poll_interval, self.supervisor.ollama_pids,
                                       nvml=config.gpu.nvml_module)
         self.leak_policy = VramLeakPolicy(config.gpu.leak_threshold_bytes or None, config.gpu.leak_duration)
@@ -115,7 +118,7 @@ class Daemon:
         self.dispatcher = Dispatcher(
             pool=self.pool, backend=self.backend, metrics=self.request_metrics, progress=self.progress,
             introspection=self, defaults=GenerationDefaults.from_config(config), limits=Limits.from_config(config),
-            requests=self.requests)
+            requests=self.requests, admission=admission_from_config(config, self._loaded_models))
         self.report = Introspection(
             config=lambda: self.config, supervisor=self.supervisor, pool=self.pool,
             gpu_monitor=self.gpu_monitor, metrics=self.request_metrics, progress=self.progress,
@@ -194,6 +197,10 @@ class Daemon:
         self.outbox.close()
         self.notifier.close()
 
+    def _loaded_models(self) -> set[str]:
+        """Canonical names of the models Ollama has loaded, as its last probe saw."""
+        return {names.key(m["name"]) for m in self.supervisor.snapshot().get("models") or []}
+
     def threads_alive(self) -> bool:
         return not self._dead_threads()
 
@@ -236,6 +243,8 @@ class Daemon:
         self.loads.load_timeout = new.ollama.load_timeout
         self.dispatcher.defaults = GenerationDefaults.from_config(new)
         self.dispatcher.limits = Limits.from_config(new)
+        self.dispatcher.admission = admission_from_config(new, self._loaded_models)
+        self.pool.configure(lane_policy(new), limit_book(new))
         self.gpu_monitor.interval = new.gpu.poll_interval
         self.leak_policy = VramLeakPolicy(new.gpu.leak_threshold_bytes or None, new.gpu.leak_duration)
         set_level(new.log_level)

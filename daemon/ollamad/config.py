@@ -28,7 +28,7 @@ from typing import Any, Mapping
 from ollamad import goduration
 from ollamad.configspec import (ENV_PREFIX, Applies, ConfigError, Key, Rule, check_ranges,
                                 coerce, example_lines, keys, setting, table, toml_value)
-from ollamad.ollama import names, runner
+from ollamad import configtables
 from ollamad_client.protocol import DEFAULT_MAX_MESSAGE_BYTES, MAX_TIMEOUT
 
 __all__ = ["Config", "ConfigError", "GpuSettings", "OllamaSettings", "load", "example_toml",
@@ -110,6 +110,44 @@ class GpuSettings:
 
 
 @dataclass(frozen=True)
+class SchedulingSettings:
+    """How free slots are shared (:mod:`ollamad.scheduling`)."""
+
+    lanes: bool = setting(True, "interactive requests take free slots before batch ones; "
+                          "false: one queue in arrival order")
+    fair: bool = setting(True, "within a lane, tenants (user and app) take turns; false: "
+                         "arrival order")
+    batch_min_share: float = setting(0.25, "fraction of the workers the batch lane keeps "
+                                     "while it has work (at least one when above 0)",
+                                     low=0, high=1)
+
+
+@dataclass(frozen=True)
+class TenantSettings:
+    """Limits per user (uid: all its apps together); [user_limits."USER"] overrides them."""
+
+    max_queued: int = setting(1024, "items (each prompt of a batch) a user may have waiting; "
+                              "more are `busy`", low=1, high=1_000_000)
+    max_concurrent: int = setting(256, "workers a user's requests may hold at once; more "
+                                  "wait their turn", low=1, high=256)
+    max_timeout: float = setting(MAX_TIMEOUT, "longest deadline a user's request may ask "
+                                 "for, in seconds", above=0, high=MAX_TIMEOUT)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which models clients may use, and how."""
+
+    allowed: tuple = setting((), "models clients may use; empty: every model Ollama has")
+    on_demand: bool = setting(True, "a request may load any allowed model; false: only the "
+                              "configured ones (`model`, those with runner options or a "
+                              "profile) and those already loaded")
+    max_keep_alive: str = setting("-1s", "longest keep_alive a client may ask for (a Go "
+                                  "duration; \"-1s\": no limit, even for ever; \"1h\" keeps "
+                                  "one app from pinning a model)")
+
+
+@dataclass(frozen=True)
 class Config:
     socket: str = setting(DEFAULT_SOCKET, "the ZeroMQ endpoint clients connect to (ipc:// or "
                           "tcp://)", applies=DAEMON)
@@ -156,17 +194,36 @@ class Config:
     log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
     ollama: OllamaSettings = setting(OllamaSettings, "Ollama")
     gpu: GpuSettings = setting(GpuSettings, "GPU")
+    scheduling: SchedulingSettings = setting(SchedulingSettings, "scheduling")
+    tenants: TenantSettings = setting(TenantSettings, "tenants")
+    models: ModelSettings = setting(ModelSettings, "models")
     #: Canonical model name -> runner options (:mod:`ollamad.ollama.runner`).
     runner_options: dict = table(
         "runner options per model; every request for the model carries them, and a client "
         "asking for others is refused (see ollama.client_runner_options)",
         ['[runner_options."llama3.1:8b"]', "num_ctx = 8192", "num_batch = 512"])
+    #: uid -> the [tenants] limits it overrides.
+    user_limits: dict = table(
+        "limits for one user (a name or a uid), over the [tenants] defaults",
+        ['[user_limits."nobody"]', "max_concurrent = 2", "max_queued = 20000"])
+    #: Name -> :class:`~ollamad.configtables.Profile`.
+    profiles: dict = table(
+        "profiles: defaults for the requests that name one (profile=\"voice_eval\"); the "
+        "request's own arguments win; keys: " + ", ".join(configtables.PROFILE_KEYS),
+        ["[profiles.translation]", "temperature = 0.2", 'system = "Translate into English."'])
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
 
 
-_SECTIONS = {"ollama": OllamaSettings, "gpu": GpuSettings}
+_SECTIONS = {"ollama": OllamaSettings, "gpu": GpuSettings, "scheduling": SchedulingSettings,
+             "tenants": TenantSettings, "models": ModelSettings}
+#: Table field -> its parser (:mod:`ollamad.configtables`).
+_TABLES = {
+    "runner_options": configtables.runner_options,
+    "user_limits": lambda value, where: configtables.user_limits(value, where, TenantSettings()),
+    "profiles": configtables.profiles,
+}
 
 RULES = [
     Rule(("backoff_max", "backoff_initial"), lambda c: c.backoff_max >= c.backoff_initial,
@@ -183,6 +240,8 @@ RULES = [
          'must be a Go duration with a unit (Ollama refuses "-1" or "300": "time: missing '
          'unit in duration"): write "30m" or "1h30m" for a time, "-1s" to keep the model '
          'loaded for ever, "0s" to unload it after each use'),
+    Rule(("models.max_keep_alive",), lambda c: goduration.is_duration(c.models.max_keep_alive),
+         'must be a Go duration with a unit ("1h", "-1s" for no limit)'),
     Rule(("socket",), lambda c: c.socket.startswith(("ipc://", "tcp://")),
          "must be an ipc:// or tcp:// endpoint"),
 ]
@@ -212,8 +271,8 @@ def _apply(config: Config, values: Mapping[str, Any], from_text: bool,
     changes: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {}
     for name, value in values.items():
-        if name == "runner_options":
-            changes[name] = _runner_options(value, where)
+        if name in _TABLES:
+            changes[name] = _TABLES[name](value, where)
             continue
         if name in _SECTIONS:
             if not isinstance(value, Mapping):
@@ -233,29 +292,6 @@ def _apply(config: Config, values: Mapping[str, Any], from_text: bool,
     for name, sub_changes in sections.items():
         changes[name] = dataclasses.replace(getattr(config, name), **sub_changes)
     return dataclasses.replace(config, **changes)
-
-
-def _runner_options(value: Any, where: Mapping[str, str] | str) -> dict[str, dict[str, Any]]:
-    """``[runner_options."MODEL"]`` tables, keyed by canonical model name."""
-    if not isinstance(value, Mapping) or not isinstance(where, str):
-        raise ConfigError('runner_options: expected tables such as [runner_options."llama3.1:8b"] '
-                          "(in the config file)")
-    tables: dict[str, dict[str, Any]] = {}
-    for model, options in value.items():
-        canonical = names.canonical(model)
-        if canonical is None:
-            raise ConfigError(f"runner_options.{model!r}: not a valid model name ({where})")
-        if canonical in tables:
-            raise ConfigError(f"runner_options.{model!r}: {canonical} is configured twice ({where})")
-        if not isinstance(options, Mapping):
-            raise ConfigError(f'runner_options.{model!r}: expected a table [runner_options."{model}"]')
-        for option, setting_value in options.items():
-            problem = runner.check_option(option, setting_value)
-            if problem:
-                raise ConfigError(f"runner_options.{model!r}.{option}: {problem}, got "
-                                  f"{setting_value!r} ({where})")
-        tables[canonical] = dict(options)
-    return tables
 
 
 def _environment_values(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -330,4 +366,6 @@ def example_toml() -> str:
     for f in dataclasses.fields(Config):   # tables last: in TOML, keys after a table are its own
         if "table" in f.metadata:
             lines += ["", f"# {f.metadata['table']}"] + [f"# {line}" for line in f.metadata["example"]]
+    lines += ["", "# The five apps' profiles of the old in-process client (in effect: requests",
+              "# name them with profile=\"...\")."] + configtables.STANDARD_PROFILES
     return "\n".join(lines) + "\n"

@@ -115,7 +115,8 @@ class Key:
         return getattr(holder, self.attribute)
 
 
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+#: ``tuple`` settings are lists of strings (a TOML array; a comma-separated variable).
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "tuple": tuple}
 
 
 def keys(cls: type, sections: dict[str, type]) -> Iterator[Key]:
@@ -149,6 +150,8 @@ def check_ranges(config: Any, all_keys: list[Key], rules: list[Rule],
 def coerce(key: Key, value: Any, from_text: bool, where: str) -> Any:
     """Check (or, for environment text, convert) one value against its key's type."""
     expected = key.type
+    if expected is tuple:
+        return _strings(key, value, from_text, where)
     if from_text:
         text = str(value).strip()
         try:
@@ -180,6 +183,14 @@ def coerce(key: Key, value: Any, from_text: bool, where: str) -> Any:
     return value
 
 
+def _strings(key: Key, value: Any, from_text: bool, where: str) -> tuple[str, ...]:
+    if from_text:
+        return tuple(part.strip() for part in str(value).split(",") if part.strip())
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{key.name}: expected a list of strings, got {value!r} ({where})")
+    return tuple(value)
+
+
 def _type_words(kind: type) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[kind]
 
@@ -190,6 +201,8 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     return repr(value)
 
 

@@ -5,6 +5,11 @@
 chat, embed and each batch item) as the old in-process client did; ``ops``
 counts every op, introspection included. Percentiles come from a window of
 the most recent response times.
+
+The same model-request figures are also kept per lane and per tenant (user
+and app), with each one's queue wait (p50/p95/p99 over its recent
+requests): who uses the GPU, and who waits for it. At most
+:data:`MAX_TENANTS` tenants are kept; the one seen least recently makes room.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from ollamad_client.protocol import Error
 #: Ops whose results count as model requests in the old client's figures.
 MODEL_OPS = frozenset({"generate", "chat", "embed", "batch_item"})
 LATENCY_WINDOW = 4096
+#: Queue waits kept per lane or tenant for its percentiles.
+WAIT_WINDOW = 1024
+#: Tenants whose figures are kept.
+MAX_TENANTS = 256
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
@@ -26,6 +35,64 @@ def _percentile(ordered: list[float], fraction: float) -> float:
         return 0.0
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
     return ordered[index]
+
+
+def _quantiles(values: collections.deque[float]) -> dict[str, float | int]:
+    ordered = sorted(values)
+    return {"p50": _percentile(ordered, 0.50), "p95": _percentile(ordered, 0.95),
+            "p99": _percentile(ordered, 0.99), "window": len(ordered)}
+
+
+class _Share:
+    """One lane's or one tenant's model requests."""
+
+    __slots__ = ("requests", "ok", "failed", "tokens", "errors", "waits", "seen")
+
+    def __init__(self) -> None:
+        self.requests = self.ok = self.failed = self.tokens = 0
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.waits: collections.deque[float] = collections.deque(maxlen=WAIT_WINDOW)
+        self.seen = 0.0
+
+    def record(self, result: Mapping[str, Any] | None, error: Error | None) -> None:
+        self.requests += 1
+        if error is not None:
+            self.failed += 1
+            self.errors[error.code.value] += 1
+        else:
+            self.ok += 1
+            self.tokens += int((result or {}).get("completion_tokens") or 0)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"requests": self.requests, "successful_requests": self.ok,
+                "failed_requests": self.failed, "completion_tokens": self.tokens,
+                "errors": dict(self.errors), "queue_wait": _quantiles(self.waits)}
+
+
+#: The figures of a lane or tenant that has had no request yet.
+EMPTY_SHARE = _Share().snapshot()
+
+
+class _Shares:
+    """:class:`_Share` by key, keeping at most ``limit`` keys (least recently seen go)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self._limit = limit
+        self._by_key: collections.OrderedDict[Any, _Share] = collections.OrderedDict()
+
+    def __call__(self, key: Any) -> _Share:
+        share = self._by_key.get(key)
+        if share is None:
+            share = self._by_key[key] = _Share()
+            if self._limit is not None and len(self._by_key) > self._limit:
+                self._by_key.popitem(last=False)
+        else:
+            self._by_key.move_to_end(key)
+        share.seen = time.time()
+        return share
+
+    def items(self) -> list[tuple[Any, _Share]]:
+        return list(self._by_key.items())
 
 
 class Metrics:
@@ -42,9 +109,12 @@ class Metrics:
         self._attempts_retried = 0
         self.dropped_messages = 0     # malformed with no id, or unroutable replies
         self.rejected_busy = 0
+        self._lanes = _Shares()
+        self._tenants = _Shares(MAX_TENANTS)
 
     def record(self, op: str, elapsed: float, *, result: Mapping[str, Any] | None = None,
-               error: Error | None = None) -> None:
+               error: Error | None = None, lane: str | None = None,
+               tenant: Any = None) -> None:
         with self._lock:
             counts = self._ops.setdefault(op, {"count": 0, "errors": 0})
             counts["count"] += 1
@@ -53,6 +123,10 @@ class Metrics:
                 self._errors[error.code.value] += 1
             if op not in MODEL_OPS:
                 return
+            if lane is not None:
+                self._lanes(lane).record(result, error)
+            if tenant is not None:
+                self._tenants(tenant).record(result, error)
             self._total += 1
             self._time_sum += elapsed
             self._latencies.append(elapsed)
@@ -65,6 +139,20 @@ class Metrics:
                 self._eval_ns += int(result.get("eval_duration_ns") or 0)
                 if int(result.get("attempts") or 1) > 1:
                     self._attempts_retried += 1
+
+    def waited(self, lane: str | None, tenant: Any, seconds: float) -> None:
+        """A task of this lane and tenant waited ``seconds`` in the queue before running."""
+        with self._lock:
+            if lane is not None:
+                self._lanes(lane).waits.append(seconds)
+            if tenant is not None:
+                self._tenants(tenant).waits.append(seconds)
+
+    def shares(self) -> tuple[dict[str, dict[str, Any]], list[tuple[Any, dict[str, Any]]]]:
+        """The figures per lane, and per tenant (tenant, figures)."""
+        with self._lock:
+            return ({lane: share.snapshot() for lane, share in self._lanes.items()},
+                    [(tenant, share.snapshot()) for tenant, share in self._tenants.items()])
 
     def count_dropped(self) -> None:
         with self._lock:

@@ -96,6 +96,27 @@ def status(result: Mapping[str, Any]) -> str:
         text += "\n\n" + _table(("LOADED MODEL", "SIZE", "VRAM", "ON GPU"),
                                 [(m.get("name"), _size(m.get("size")), _size(m.get("size_vram")),
                                   "yes" if m.get("on_gpu") else "no") for m in models])
+    scheduling = result.get("scheduling")
+    if scheduling:
+        text += "\n\n" + _sharing(scheduling.get("lanes") or {}, scheduling.get("tenants") or [])
+    return text
+
+
+def _wait(figures: Mapping[str, Any]) -> str:
+    wait = figures.get("queue_wait") or {}
+    return f"{wait.get('p50', 0):.3f}/{wait.get('p95', 0):.3f}/{wait.get('p99', 0):.3f}"
+
+
+def _sharing(lanes: Mapping[str, Any], tenants: Sequence[Mapping[str, Any]]) -> str:
+    """The lanes, then the tenants (busiest first): who holds the GPU, who waits for it."""
+    columns = ("QUEUED", "IN FLIGHT", "REQUESTS", "FAILED", "TOKENS", "WAIT p50/p95/p99 s")
+
+    def row(name: Any, f: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (name, f.get("queued"), f.get("in_flight"), f.get("requests"),
+                f.get("failed_requests"), f.get("completion_tokens"), _wait(f))
+    text = _table(("LANE", *columns), [row(lane, f) for lane, f in lanes.items()])
+    if tenants:
+        text += "\n\n" + _table(("TENANT", *columns), [row(t.get("tenant"), t) for t in tenants])
     return text
 
 
@@ -118,6 +139,8 @@ def metrics(result: Mapping[str, Any]) -> str:
     if ops:
         text += "\n\n" + _table(("OP", "COUNT", "ERRORS"),
                                 [(op, c.get("count"), c.get("errors")) for op, c in ops.items()])
+    if result.get("lanes"):
+        text += "\n\n" + _sharing(result["lanes"], result.get("tenants") or [])
     return text
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import ollamad_client
 from ollamad_client import (ERROR_CLASSES, BackendError, BadRequest, Busy, Cancelled, ErrorCode,
-                            Forbidden, InternalError, ModelNotFound, OllamadError, RequestTimeout,
+                            Forbidden, InternalError, ModelNotFound, NotAllowed, OllamadError, RequestTimeout,
                             ShuttingDown, TooLarge, Unavailable, UnknownOp, error_for)
 
 EXPECTED = {
@@ -17,7 +17,7 @@ EXPECTED = {
     ErrorCode.BACKEND_ERROR: BackendError, ErrorCode.MODEL_NOT_FOUND: ModelNotFound,
     ErrorCode.UNAVAILABLE: Unavailable, ErrorCode.SHUTTING_DOWN: ShuttingDown,
     ErrorCode.FORBIDDEN: Forbidden, ErrorCode.CANCELLED: Cancelled,
-    ErrorCode.INTERNAL: InternalError,
+    ErrorCode.NOT_ALLOWED: NotAllowed, ErrorCode.INTERNAL: InternalError,
 }
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ollamad_client import Client, OllamaClient, get_ollama_client
+from ollamad_client import Client, OllamaClient, _legacy, get_ollama_client
 
 LEGACY_KEYS = {"text", "thinking", "success", "response_time", "attempts", "tokens", "error", "model",
                "done_reason", "prompt_tokens", "completion_tokens", "tokens_per_second",
@@ -36,15 +36,26 @@ def health_handler(fake, status="healthy", reasons=(), model="llama3.1:8b",
     return handler
 
 
-def test_the_old_constructor_arguments_are_accepted_and_kept(fake):
-    client = OllamaClient("http://localhost:11434", "llama3.1:8b", 10, 3, 8, socket=fake.endpoint)
+def test_the_old_constructor_arguments_are_accepted_timeout_is_the_deadline_and_the_rest_warn_once(
+        fake, monkeypatch):
+    monkeypatch.setattr(_legacy, "_warned", set())
+    with pytest.warns(DeprecationWarning) as warned:
+        client = OllamaClient("http://localhost:11434", "llama3.1:8b", 10, 3, 8,
+                              socket=fake.endpoint)
+        OllamaClient("http://localhost:11434", max_retries=3, max_workers=8,
+                     socket=fake.endpoint).shutdown()
+    # One warning per argument that no longer applies, once per process.
+    assert sorted(str(w.message).split("(")[1].split("=")[0] for w in warned) == [
+        "base_url", "max_retries", "max_workers"]
     try:
         assert (client.base_url, client.model, client.timeout, client.max_retries,
                 client.max_workers) == ("http://localhost:11434", "llama3.1:8b", 10, 3, 8)
         client.generate("x")
     finally:
         client.shutdown()
-    assert fake.wait_for(1)[0].args["model"] == "llama3.1:8b"
+    (request,) = fake.wait_for(1)
+    assert request.args["model"] == "llama3.1:8b"
+    assert request.message["timeout"] == 10        # the whole request's deadline now
 
 
 def test_generate_returns_the_old_dict_on_success(legacy, fake):
@@ -200,15 +211,33 @@ def test_is_available_is_false_when_health_does_not_answer_promptly(legacy, fake
     assert time.monotonic() - started < 2.5
 
 
-def test_get_metrics(legacy, fake, down_endpoint):
-    figures = {"total_requests": 3, "successful_requests": 2, "failed_requests": 1,
-               "success_rate": 0.667, "average_response_time": 0.5, "queue_depth": 0}
-    fake.handler = lambda request: [request.ok(figures)]
-    assert legacy.get_metrics() == figures
+def test_get_metrics_counts_this_process_and_puts_the_daemons_under_host(
+        legacy, fake, down_endpoint, monkeypatch):
+    monkeypatch.setattr(_legacy, "_process_metrics", _legacy.ProcessMetrics())
+    host = {"total_requests": 300, "successful_requests": 200, "failed_requests": 100,
+            "success_rate": 0.667, "average_response_time": 0.5, "queue_depth": 0}
+
+    def answer(request):
+        if request.op == "metrics":
+            return [request.ok(host)]
+        if request.args.get("prompt") == "fails":
+            return [request.error("backend_error", "boom")]
+        result = fake.generation_result("ok", response_time=0.25)
+        if request.op == "batch":
+            return [request.ok({"results": [{"ok": True, "result": result}
+                                            for _ in request.args["prompts"]]})]
+        return [request.ok(result)]
+    fake.handler = answer
+    legacy.generate("a"), legacy.generate("fails"), legacy.generate_batch(["b", "c"])
+    figures = legacy.get_metrics()
+    assert {k: figures[k] for k in ("total_requests", "successful_requests", "failed_requests",
+                                    "success_rate")} == {
+        "total_requests": 4, "successful_requests": 3, "failed_requests": 1, "success_rate": 0.75}
+    assert figures["host"] == host
     down = OllamaClient(socket=down_endpoint, connect_timeout=0.3)
     metrics = down.get_metrics()
     down.shutdown()
-    assert metrics["total_requests"] == 0 and metrics["success_rate"] == 0.0
+    assert metrics["total_requests"] == 4 and metrics["host"] is None   # its own figures still
     assert metrics["error_code"] == "unavailable" and metrics["error"]
 
 

@@ -217,16 +217,30 @@ def daemon(daemon_factory):
 
 
 @pytest.fixture(scope="module")
-def shared_daemon(module_reaper):
+def module_daemon_factory(module_reaper):
+    """``make(config, env)``: a daemon shared by a module's tests, stopped at its end."""
+    made: list[DaemonUnderTest] = []
+    with tempfile.TemporaryDirectory(prefix="od-") as directory:
+        def make(config: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> DaemonUnderTest:
+            where = Path(directory) / f"m{len(made)}"
+            where.mkdir()
+            daemon = DaemonUnderTest(module_reaper, where, config or {}, env, []).start()
+            made.append(daemon)
+            daemon.wait_ready()
+            return daemon
+        try:
+            yield make
+        finally:
+            for daemon in made:
+                try:
+                    daemon.stop(timeout=15)
+                except subprocess.TimeoutExpired:
+                    pass
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(module_daemon_factory):
     """One default daemon for a module's read-only tests: those that set no fault, restart
     nothing and count no requests of Ollama's (each daemon costs ~0.7 s to start)."""
-    with tempfile.TemporaryDirectory(prefix="od-") as directory:
-        daemon = DaemonUnderTest(module_reaper, Path(directory), {}, None, []).start()
-        try:
-            daemon.wait_ready()
-            yield daemon
-        finally:
-            try:
-                daemon.stop(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
+    return module_daemon_factory()

@@ -1,5 +1,7 @@
 """Config precedence and errors: defaults < TOML file < OLLAMAD_* < flags."""
 
+import pwd
+
 import pytest
 
 from ollamad import config
@@ -97,8 +99,17 @@ def test_example_config_parses_and_names_every_key(tmp_path):
                             or line.startswith("# [") else line for line in text.splitlines())
     path = write(tmp_path, uncommented)
     loaded = config.load(path, env={})
-    assert loaded.replace(runner_options={}) == config.Config()
+    assert loaded.replace(runner_options={}, user_limits={}, profiles={}) == config.Config()
     assert loaded.runner_options == {"llama3.1:8b": {"num_ctx": 8192, "num_batch": 512}}
+    assert loaded.user_limits == {pwd.getpwnam("nobody").pw_uid: {"max_concurrent": 2,
+                                                                  "max_queued": 20000}}
+    # The old client's five profiles are in effect as shipped (not commented out).
+    shipped = config.load(write(tmp_path, text), env={}).profiles
+    assert {name: p.args["temperature"] for name, p in shipped.items()} == {
+        "data_cleaning": 0.1, "skill_demand": 0.2, "voice_eval": 0.3, "recommendations": 0.7,
+        "gap_narrative": 0.7}
+    assert shipped["data_cleaning"].priority == "batch" and shipped["voice_eval"].timeout == 10
+    assert set(loaded.profiles) == set(shipped) | {"translation"}
 
 
 @pytest.mark.parametrize("value", ["-1", "300", "30 m", ""])

@@ -3,7 +3,7 @@
 import threading
 import time
 
-from ollamad.pool import ProgressTracker, Task, WorkerPool
+from ollamad.scheduling.pool import ProgressTracker, Task, WorkerPool
 
 
 def task(run, deadline_in=5.0, expired=None, cancel=None):
@@ -13,11 +13,11 @@ def task(run, deadline_in=5.0, expired=None, cancel=None):
 
 def test_a_batch_goes_in_whole_while_there_is_room_and_not_once_it_is_full():
     pool = WorkerPool(1, capacity=3)  # not started: nothing leaves the queue
-    assert pool.submit([task(lambda: None) for _ in range(2)])
+    assert pool.submit([task(lambda: None) for _ in range(2)]) is None
     # One place is free: a batch of 5 is not starved out by the two queued.
-    assert pool.submit([task(lambda: None) for _ in range(5)])
+    assert pool.submit([task(lambda: None) for _ in range(5)]) is None
     assert pool.depth() == 7
-    assert not pool.submit([task(lambda: None)])
+    assert pool.submit([task(lambda: None)]).limit == "queue_size"
     assert len(pool.drain()) == 7 and pool.depth() == 0
 
 
@@ -25,10 +25,10 @@ def test_a_dropped_task_leaves_the_queue_at_once_and_never_runs(wait_for):
     pool = WorkerPool(1, capacity=2)
     ran = []
     first = [task(lambda: ran.append("first"))]
-    assert pool.submit(first) and pool.submit([task(lambda: ran.append("second"))])
-    assert not pool.submit([task(lambda: None)])
+    assert pool.submit(first) is None and pool.submit([task(lambda: ran.append("second"))]) is None
+    assert pool.submit([task(lambda: None)]).limit == "queue_size"
     pool.drop(first)          # its request timed out while it waited
-    assert pool.depth() == 1 and pool.submit([task(lambda: ran.append("third"))])
+    assert pool.depth() == 1 and pool.submit([task(lambda: ran.append("third"))]) is None
     pool.start()
     try:
         wait_for(lambda: len(ran) == 2, 5, "the live tasks to run")

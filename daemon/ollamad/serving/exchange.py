@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 
 from ollamad.cancellation import Cancellation
 from ollamad.metrics import Metrics
+from ollamad.scheduling.policy import Tenant
 from ollamad_client import protocol
 from ollamad_client.protocol import Error, ErrorCode, Request
 
@@ -60,7 +61,12 @@ class Exchange:
         self.op = request.op
         self.route = route
         self.received_at = time.monotonic() if received_at is None else received_at
+        #: The deadline in seconds: the request's, or its profile's (:meth:`admitted`).
+        self.timeout = request.timeout
         self.deadline = self.received_at + request.timeout
+        #: Whose request it is and its lane, once admitted (model requests only).
+        self.tenant: Tenant | None = None
+        self.lane: str | None = None
         #: Bytes of the request message (for the daemon's bound on queued bytes).
         self.size = size
         #: Who may cancel it: the same connection, or on ipc the same uid.
@@ -81,6 +87,12 @@ class Exchange:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    def admitted(self, tenant: Tenant, lane: str, timeout: float) -> None:
+        """Admission named its tenant, lane and deadline (before it is queued or registered)."""
+        self.tenant, self.lane = tenant, lane
+        self.timeout = timeout
+        self.deadline = self.received_at + timeout
 
     def on_finish(self, callback: Callable[["Exchange"], None]) -> None:
         """Call ``callback(self)`` once, when the exchange finishes (at once if it has)."""
@@ -139,7 +151,7 @@ class Exchange:
         if not self._claim():
             return False
         elapsed = time.monotonic() - self.received_at
-        self._metrics.record(self.op, elapsed, result=result)
+        self._metrics.record(self.op, elapsed, result=result, lane=self.lane, tenant=self.tenant)
         self._deliver_final(lambda: protocol.encode_result(self.id, result))
         return True
 
@@ -147,7 +159,7 @@ class Exchange:
         if not self._claim():
             return False
         elapsed = time.monotonic() - self.received_at
-        self._metrics.record(self.op, elapsed, error=error)
+        self._metrics.record(self.op, elapsed, error=error, lane=self.lane, tenant=self.tenant)
         self._deliver_final(lambda: protocol.encode_error(self.id, error, attempts=self.attempts))
         return True
 
@@ -167,7 +179,7 @@ class Exchange:
         waiting = f" while waiting for {self.waiting_for}" if self.waiting_for else ""
         return self.reject(Error.of(
             ErrorCode.TIMEOUT,
-            f"no result within the request's {self.request.timeout:g} s deadline{waiting}"))
+            f"no result within the request's {self.timeout:g} s deadline{waiting}"))
 
     def reject_gone(self) -> bool:
         """The client's connection closed: nobody waits for the answer any more."""
@@ -195,14 +207,15 @@ class BatchExchange(Exchange):
             self._items[index] = outcome
             self._missing -= 1
             complete = self._missing == 0
+        who = {"lane": self.lane, "tenant": self.tenant}
         if outcome["ok"]:
             self._metrics.record("batch_item", outcome["result"].get("response_time", 0.0),
-                                 result=outcome["result"])
+                                 result=outcome["result"], **who)
         else:
             error = outcome["error"]
             self._metrics.record("batch_item", time.monotonic() - self.received_at,
                                  error=Error(ErrorCode(error["code"]), error["message"],
-                                             error["retryable"]))
+                                             error["retryable"]), **who)
         if complete:
             self.resolve({"results": self._snapshot(None)})
 
@@ -213,7 +226,7 @@ class BatchExchange(Exchange):
 
     def expire(self) -> bool:
         return self._finish_missing(Error.of(
-            ErrorCode.TIMEOUT, f"no result within the batch's {self.request.timeout:g} s deadline"))
+            ErrorCode.TIMEOUT, f"no result within the batch's {self.timeout:g} s deadline"))
 
     def _finish_missing(self, error: Error) -> bool:
         return self.resolve({"results": self._snapshot(error)})

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 from ollamad import __version__
 from ollamad.gpu import GpuMonitor, cpu_fallback, memory_pressure, partial_offload
-from ollamad.metrics import Metrics
-from ollamad.pool import ProgressTracker, WorkerPool
+from ollamad.metrics import EMPTY_SHARE, Metrics
+from ollamad.scheduling import LANES, ProgressTracker, WorkerPool
 from ollamad.serving.registry import OpenRequests
 from ollamad.supervisor import Supervisor
 
@@ -27,6 +27,10 @@ def open_files() -> dict[str, int | None]:
     except OSError:
         count = None
     return {"open": count, "limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
+
+
+#: Tenants ``status`` lists (the busiest); ``metrics`` lists all it keeps.
+STATUS_TENANTS = 5
 
 
 class Introspection:
@@ -66,6 +70,7 @@ class Introspection:
                                        "refused": self._requests.refused_connections},
                        "files": open_files(),
                        "model": config.model},
+            "scheduling": self._scheduling(config),
             "ollama": {**self._supervisor.snapshot(), "loads_in_progress": self._loads()},
             "gpu": self._gpu.summary(),
             "health": self.health(),
@@ -98,9 +103,33 @@ class Introspection:
                            "url": ollama.get("url"), "restarts": ollama.get("restarts")},
                 "gpu": self._gpu.summary()}
 
+    def _shares(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Lanes and tenants: their figures so far, and what they have queued and in flight now."""
+        lanes_now, tenants_now = self._pool.counts()
+        lane_figures, tenant_figures = self._metrics.shares()
+        idle = {"queued": 0, "in_flight": 0}
+        lanes = {lane: {**idle, **lanes_now.get(lane, {}), **lane_figures.get(lane, EMPTY_SHARE)}
+                 for lane in LANES}
+        by_tenant = dict(tenant_figures)
+        tenants = [{"tenant": tenant.label(), "uid": tenant.uid, "user": tenant.user,
+                    "app": tenant.app, **idle, **tenants_now.get(tenant, {}),
+                    **by_tenant.get(tenant, EMPTY_SHARE)}
+                   for tenant in {*by_tenant, *tenants_now}]
+        tenants.sort(key=lambda t: (t["in_flight"] + t["queued"], t["requests"]), reverse=True)
+        return lanes, tenants
+
+    def _scheduling(self, config: Any) -> dict[str, Any]:
+        lanes, tenants = self._shares()
+        s = config.scheduling
+        return {"lanes_enabled": s.lanes, "fair": s.fair, "batch_min_share": s.batch_min_share,
+                "lanes": lanes, "tenants": tenants[:STATUS_TENANTS], "tenants_known": len(tenants),
+                "profiles": sorted(config.profiles)}
+
     def metrics(self) -> dict[str, Any]:
         in_flight, _ = self._progress()
+        lanes, tenants = self._shares()
         return self._metrics.snapshot(queue_depth=self._pool.depth(), in_flight=self._pool.busy(),
+                                      lanes=lanes, tenants=tenants,
                                       generations_in_flight=in_flight,
                                       ollama_restarts=self._supervisor.snapshot().get("restarts", 0),
                                       gpu=self._gpu.metrics())

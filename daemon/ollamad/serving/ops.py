@@ -3,10 +3,12 @@
 Handlers run on the I/O thread. Cheap ops (ping, status, metrics, health,
 gpu, cancel, and the admin op restart, which only posts a request to the
 supervisor) answer there and then; ops that call Ollama validate their
-arguments (a bad one is answered at once) and queue tasks on the worker
-pool. A full queue, or queued requests holding more than
-``max_queued_bytes``, is answered ``busy``; a FATAL Ollama ``unavailable``
-at once.
+arguments (a bad one is answered at once), pass admission (tenant, lane,
+profile, the host's model policy: :mod:`ollamad.scheduling.admission`) and
+queue tasks on the worker pool. A full queue (the host's, or the user's
+share of it), or queued requests holding more than ``max_queued_bytes``, is
+answered ``busy`` with a ``retry_after`` hint; a FATAL Ollama
+``unavailable`` at once.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any, Callable, Mapping, Protocol
 
 from ollamad import __version__, args
 from ollamad.backend import CallContext, OllamaBackend
-from ollamad.pool import ProgressTracker, Task, WorkerPool
 from ollamad.retry import OllamaFailure
+from ollamad.scheduling import (INTERACTIVE, NOBODY, Admission, ProgressTracker, Refusal, Task,
+                                Ticket, WorkerPool)
 from ollamad.serving.exchange import BatchExchange, Exchange
 from ollamad.serving.registry import OpenRequests, cancellable_by
 from ollamad.serving.router import Peer
@@ -61,7 +64,7 @@ class Dispatcher:
     def __init__(self, *, pool: WorkerPool, backend: OllamaBackend, metrics: Metrics,
                  progress: ProgressTracker, introspection: Introspection,
                  defaults: args.GenerationDefaults, limits: args.Limits,
-                 requests: OpenRequests):
+                 requests: OpenRequests, admission: Admission):
         self.pool = pool
         self.backend = backend
         self.metrics = metrics
@@ -70,6 +73,7 @@ class Dispatcher:
         self.defaults = defaults
         self.limits = limits
         self.requests = requests
+        self.admission = admission
         self._bytes_lock = threading.Lock()
         #: Bytes of the requests admitted and not yet answered.
         self.queued_bytes = 0
@@ -86,6 +90,12 @@ class Dispatcher:
 
     # -- helpers for handlers --------------------------------------------
 
+    def admit(self, exchange: Exchange, peer: Peer) -> Ticket:
+        """The request's ticket (tenant, lane, arguments with its profile, deadline)."""
+        ticket = self.admission.ticket(exchange.request, peer.uid)
+        exchange.admitted(ticket.tenant, ticket.lane, ticket.timeout)
+        return ticket
+
     def submit(self, exchange: Exchange, tasks: list[Task]) -> None:
         reason = self.introspection.unavailable_reason()
         if reason:
@@ -93,11 +103,10 @@ class Dispatcher:
             return
         with self._bytes_lock:
             over = self.queued_bytes + exchange.size > self.limits.max_queued_bytes
-        if over or not self.pool.submit(tasks):
+        refusal = None if over else self.pool.submit(tasks)
+        if over or refusal is not None:
             self.metrics.count_busy()
-            what = (f"queued requests hold {self.limits.max_queued_bytes} bytes" if over
-                    else "the request queue is full")
-            exchange.reject(Error.of(ErrorCode.BUSY, f"{what}; try again shortly"))
+            exchange.reject(_busy(refusal, self.limits.max_queued_bytes, len(tasks)))
             return
         with self._bytes_lock:
             self.queued_bytes += exchange.size
@@ -129,6 +138,7 @@ class Dispatcher:
 
         def run() -> None:
             started = time.monotonic()   # the end of this task's queue wait
+            self.metrics.waited(exchange.lane, exchange.tenant, started - exchange.received_at)
             ctx = CallContext(deadline=exchange.deadline, cancel=exchange.cancel,
                               waiting=lambda what: setattr(exchange, "waiting_for", what))
             if generation:
@@ -157,21 +167,41 @@ class Dispatcher:
             else:
                 exchange.expire()
 
-        return Task(run=run, expire=expire, deadline=exchange.deadline, cancel=exchange.cancel)
+        return Task(run=run, expire=expire, deadline=exchange.deadline, cancel=exchange.cancel,
+                    lane=exchange.lane or INTERACTIVE, tenant=exchange.tenant or NOBODY)
+
+
+def _busy(refusal: Refusal | None, max_queued_bytes: int, items: int) -> Error:
+    if refusal is None:
+        return Error.of(ErrorCode.BUSY, f"queued requests hold {max_queued_bytes} bytes "
+                        "(max_queued_bytes); try again shortly", retry_after=1.0)
+    if refusal.limit == "queue_size":
+        what = f"the request queue is full ({refusal.queued} of {refusal.bound} items, queue_size)"
+    elif not refusal.retryable:
+        return Error.of(ErrorCode.BUSY, f"{items} items are more than this user may have "
+                        f"queued (tenants.max_queued = {refusal.bound}): send at most "
+                        f"{refusal.bound} at a time", retryable=False)
+    else:
+        what = (f"this user has {refusal.queued} items queued and may have at most "
+                f"{refusal.bound} (tenants.max_queued)")
+    return Error.of(ErrorCode.BUSY, f"{what}; try again in {refusal.retry_after:g} s",
+                    retry_after=refusal.retry_after)
 
 
 # -- model calls -----------------------------------------------------------
 
 @handles("generate")
 def _generate(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
-    call = args.generate_call(exchange.request.args, d.defaults)
+    call = args.generate_call(d.admit(exchange, peer).args, d.defaults)
+    d.admission.check_model(call.body, exchange.request)
     d.submit(exchange, [d.task(exchange, lambda ctx: d.backend.generate(ctx, call),
                                generation=True)])
 
 
 @handles("chat")
 def _chat(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
-    call = args.chat_call(exchange.request.args, d.defaults)
+    call = args.chat_call(d.admit(exchange, peer).args, d.defaults)
+    d.admission.check_model(call.body, exchange.request)
     d.submit(exchange, [d.task(exchange, lambda ctx: d.backend.generate(ctx, call),
                                generation=True)])
 
@@ -179,8 +209,10 @@ def _chat(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
 @handles("batch")
 def _batch(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
     assert isinstance(exchange, BatchExchange), "the I/O loop makes batch exchanges"
-    prompts = args.batch_prompts(exchange.request.args, d.limits.max_batch)
-    calls = [args.generate_call(exchange.request.args, d.defaults, prompt=p) for p in prompts]
+    request_args = d.admit(exchange, peer).args
+    prompts = args.batch_prompts(request_args, d.limits.max_batch)
+    calls = [args.generate_call(request_args, d.defaults, prompt=p) for p in prompts]
+    d.admission.check_model(calls[0].body, exchange.request)
 
     def item(index: int, call: args.GenerationCall) -> Task:
         def finish(result: Mapping[str, Any] | None, error: Error | None) -> None:
@@ -194,13 +226,16 @@ def _batch(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
 
 @handles("embed")
 def _embed(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
-    body = args.embed_body(exchange.request.args, d.defaults, d.limits.max_embed_inputs)
+    body = args.embed_body(d.admit(exchange, peer).args, d.defaults, d.limits.max_embed_inputs)
+    d.admission.check_model(body, exchange.request)
     d.submit(exchange, [d.task(exchange, lambda ctx: d.backend.embed(
         ctx, body, d.limits.max_reply_bytes))])
 
 
 @handles("models")
 def _models(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
+    d.admit(exchange, peer)
+
     def listing(ctx: CallContext) -> dict[str, Any]:
         return {"models": d.backend.get_json(ctx, "/api/tags").get("models") or [],
                 "loaded": d.backend.get_json(ctx, "/api/ps").get("models") or []}
@@ -211,8 +246,13 @@ def _models(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
 
 @handles("ping")
 def _ping(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
+    # A batch bigger than this user may queue could never be admitted: the
+    # client splits by the smaller of the two.
+    advertised = d.limits.advertised()
+    advertised["max_batch"] = min(advertised["max_batch"],
+                                  d.admission.limits.of(peer.uid).max_queued)
     exchange.resolve({"protocol": protocol.VERSION, "version": __version__, "pid": os.getpid(),
-                      **d.limits.advertised()})
+                      **advertised})
 
 
 @handles("cancel")

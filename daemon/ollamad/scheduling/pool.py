@@ -1,13 +1,14 @@
-"""The worker pool: N threads behind a bounded queue, and the progress tracker.
+"""The worker pool: N threads that ask the scheduler what to run next.
 
-The queue counts what is waiting: a task whose request was answered while it
-waited (timed out, cancelled, its client gone) is *dropped*: it leaves the
-count at once, never runs, and its memory is pruned from the queue soon
-after. Admission needs free room, one place for a single request and for a
-whole batch alike (a batch goes in whole, so that single requests arriving
-all the time cannot starve it out), so the queue holds at most
-``capacity - 1`` plus one batch's items. A task whose deadline passed while
-it waited is expired without running, so it never reaches Ollama.
+Admission is all-or-nothing per request (a batch goes in whole) and has two
+bounds: the host-wide ``capacity`` (while there is room at all, a whole batch
+enters, so that single requests arriving all the time cannot starve it out)
+and each uid's ``max_queued`` items (strict: a user's queue never holds more).
+A refusal says which bound and when room is likely (:class:`Refusal`). A task
+whose request was answered while it waited (timed out, cancelled, its client
+gone) is *dropped*: it leaves the counts at once and never runs; one whose
+deadline passed while it waited is expired without running, so it never
+reaches Ollama.
 
 Idle workers are woken last-in, first-out. Each worker keeps its own HTTP
 connection to Ollama, so under light load the same warm worker and
@@ -18,16 +19,23 @@ request (bench/request_path.py).
 
 from __future__ import annotations
 
-import collections
 import logging
+import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from ollamad.scheduling.policy import INTERACTIVE, LanePolicy, LimitBook, Tenant
+from ollamad.scheduling.scheduler import Scheduler
 from ollamad_client.protocol import Error
 
 log = logging.getLogger(__name__)
+
+#: The tenant of tasks made without one (tests, the daemon's own work).
+NOBODY = Tenant(None, "ollamad")
+#: Weight of the newest run time in the average behind retry hints.
+SERVICE_TIME_WEIGHT = 0.1
 
 
 class _Cancel(Protocol):
@@ -42,23 +50,37 @@ class Task:
     expire: Callable[[Error | None], None]
     deadline: float
     cancel: _Cancel
+    lane: str = INTERACTIVE
+    tenant: Tenant = NOBODY
     #: Queued, taken by a worker, or dropped from the queue unrun.
     state: str = "queued"
+    seq: int = field(default=0, repr=False)   # arrival order, set by the scheduler
 
 
-#: Dropped tasks that may linger in the queue (beyond the live ones) before a prune.
-PRUNE_AFTER = 64
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request was not queued: ``limit`` names the bound."""
+
+    limit: str               # "queue_size" or "max_queued"
+    queued: int              # items queued under that bound now
+    bound: int
+    #: Seconds after which a retry is likely to find room (an estimate).
+    retry_after: float
+    #: False when the request can never fit (more items than the bound).
+    retryable: bool = True
 
 
 class WorkerPool:
-    def __init__(self, workers: int, capacity: int, name: str = "worker"):
+    def __init__(self, workers: int, capacity: int, name: str = "worker",
+                 policy: LanePolicy = LanePolicy(), limits: LimitBook = LimitBook()):
         self._capacity = capacity
-        self._tasks: collections.deque[Task] = collections.deque()
-        self._queued = 0         # tasks in _tasks still in the "queued" state
         self._lock = threading.Lock()
+        self._scheduler = Scheduler(policy, limits, workers)
         self._idle: list[threading.Event] = []   # a stack: the last to idle wakes first
         self._busy = 0
         self._stopping = False
+        #: Average seconds a task runs (for retry hints); None until one has.
+        self._service_time: float | None = None
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
                          for i in range(workers)]
 
@@ -70,16 +92,38 @@ class WorkerPool:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, tasks: list[Task]) -> bool:
-        """Queue all of ``tasks`` (one request's) or none; False when the queue is full."""
+    def configure(self, policy: LanePolicy, limits: LimitBook) -> None:
+        """New lane policy and user limits (a reload); queued tasks keep their place."""
         with self._lock:
-            if self._stopping or self._queued >= self._capacity:
-                return False
-            self._tasks.extend(tasks)
-            self._queued += len(tasks)
+            self._scheduler.policy = policy
+            self._scheduler.limits = limits
+
+    def submit(self, tasks: list[Task]) -> Refusal | None:
+        """Queue all of ``tasks`` (one request's, one tenant's) or none."""
+        with self._lock:
+            if self._stopping or self._scheduler.queued >= self._capacity:
+                return self._refusal("queue_size", self._scheduler.queued, self._capacity,
+                                     len(tasks), self.size)
+            if tasks:
+                uid = tasks[0].tenant.uid
+                limits = self._scheduler.limits.of(uid)
+                queued = self._scheduler.queued_for_uid(uid)
+                if queued + len(tasks) > limits.max_queued:
+                    return self._refusal("max_queued", queued, limits.max_queued, len(tasks),
+                                         min(self.size, limits.max_concurrent))
+            for task in tasks:
+                self._scheduler.add(task)
             for _ in range(min(len(tasks), len(self._idle))):
                 self._idle.pop().set()
-            return True
+            return None
+
+    def _refusal(self, limit: str, queued: int, bound: int, items: int, slots: int) -> Refusal:
+        # Room for these items comes when that many have left the queue, at
+        # about one per service time per slot.
+        needed = max(1, queued + items - bound)
+        per_item = self._service_time if self._service_time is not None else 1.0
+        retry_after = math.ceil(10 * needed * per_item / max(1, slots)) / 10
+        return Refusal(limit, queued, bound, min(retry_after, 60.0), retryable=items <= bound)
 
     def drop(self, tasks: list[Task]) -> None:
         """Their request was answered: those still queued leave the queue unrun."""
@@ -87,13 +131,11 @@ class WorkerPool:
             for task in tasks:
                 if task.state == "queued":
                     task.state = "dropped"
-                    self._queued -= 1
-            if len(self._tasks) - self._queued > self._queued + PRUNE_AFTER:
-                self._tasks = collections.deque(t for t in self._tasks if t.state == "queued")
+                    self._scheduler.dropped(task)
 
     def depth(self) -> int:
         """Tasks waiting for a worker."""
-        return self._queued
+        return self._scheduler.queued
 
     def alive(self) -> bool:
         """Every worker thread runs (before start() and after stop() too)."""
@@ -103,15 +145,18 @@ class WorkerPool:
     def busy(self) -> int:
         return self._busy
 
+    def counts(self) -> tuple[dict[str, dict[str, int]], dict[Tenant, dict[str, int]]]:
+        """Queued and in flight, by lane and by tenant."""
+        with self._lock:
+            return self._scheduler.lane_counts(), self._scheduler.tenant_counts()
+
     def drain(self) -> list[Task]:
         """Take every queued task out (shutdown answers them itself)."""
         with self._lock:
-            tasks = [t for t in self._tasks if t.state == "queued"]
+            tasks = self._scheduler.take_all()
             for task in tasks:
                 task.state = "dropped"
-            self._tasks.clear()
-            self._queued = 0
-            return tasks
+            return tasks  # type: ignore[return-value]
 
     def stop(self, timeout: float) -> bool:
         """Stop the workers once their current task ends; True if all ended in time."""
@@ -128,13 +173,11 @@ class WorkerPool:
     def _next(self, wake: threading.Event) -> Task | None:
         while True:
             with self._lock:
-                while self._tasks:
-                    task = self._tasks.popleft()
-                    if task.state == "queued":
-                        task.state = "taken"
-                        self._queued -= 1
-                        self._busy += 1
-                        return task
+                task = self._scheduler.next()
+                if task is not None:
+                    task.state = "taken"
+                    self._busy += 1
+                    return task  # type: ignore[return-value]
                 if self._stopping:
                     return None
                 wake.clear()
@@ -146,17 +189,26 @@ class WorkerPool:
 
     def _work(self) -> None:
         wake = threading.Event()
+        # A finishing worker asks the scheduler again itself, so a slot that a
+        # capped user frees is used at once without waking another worker.
         while (task := self._next(wake)) is not None:
+            started = time.monotonic()
+            ran: float | None = None
             try:
-                if task.cancel.is_set() or time.monotonic() >= task.deadline:
+                if task.cancel.is_set() or started >= task.deadline:
                     task.expire(None)
                 else:
                     task.run()
+                    ran = time.monotonic() - started
             except Exception:  # a bug in a task must not kill the worker
                 log.exception("task failed unexpectedly")
             finally:
                 with self._lock:
                     self._busy -= 1
+                    self._scheduler.finished(task)
+                    if ran is not None:
+                        self._service_time = ran if self._service_time is None else \
+                            self._service_time + SERVICE_TIME_WEIGHT * (ran - self._service_time)
 
 
 class ProgressTracker:

@@ -1,0 +1,124 @@
+"""Scheduling policies as values: lanes, per-user limits, which models clients may use.
+
+Nothing here has threads or sockets; the scheduler and the admission step
+read these values, and a reload swaps them for new ones.
+"""
+
+from __future__ import annotations
+
+import math
+import pwd
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from ollamad import goduration
+
+INTERACTIVE = "interactive"
+BATCH = "batch"
+#: In the order a free slot looks at them.
+LANES = (INTERACTIVE, BATCH)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Who a request belongs to: the uid the kernel proves (None on tcp) and the app
+    name the client declares. The app is for accounting and fairness; limits that
+    protect the host key on the uid, which the app cannot change."""
+
+    uid: int | None
+    app: str
+
+    @property
+    def user(self) -> str:
+        if self.uid is None:
+            return "tcp"
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return str(self.uid)
+
+    def label(self) -> str:
+        return f"{self.user}/{self.app}"
+
+
+@dataclass(frozen=True)
+class LanePolicy:
+    """How free slots are handed out.
+
+    ``lanes`` off: every request waits in one lane, whatever its priority
+    (the daemon before lanes). ``fair`` off: a lane serves its requests in
+    arrival order; on: its tenants take turns, each in its own arrival order.
+    """
+
+    lanes: bool = True
+    fair: bool = True
+    #: Fraction of the slots the batch lane keeps while it has work.
+    batch_min_share: float = 0.25
+
+    def lane(self, wanted: str) -> str:
+        return wanted if self.lanes else INTERACTIVE
+
+    def batch_reserved(self, slots: int) -> int:
+        """Slots the batch lane may always use while it has work (at least one
+        when the share is above zero, so that it is never starved)."""
+        if not self.lanes or self.batch_min_share <= 0:
+            return 0
+        return min(slots, max(1, math.floor(self.batch_min_share * slots)))
+
+
+@dataclass(frozen=True)
+class UserLimits:
+    """What one uid (all its apps together) may hold of the daemon."""
+
+    #: Items (a batch counts each prompt) waiting for a slot.
+    max_queued: int = 1024
+    #: Slots its requests may use at once; more wait their turn.
+    max_concurrent: int = 256
+    #: Longest deadline (``timeout``) a request may ask for, in seconds.
+    max_timeout: float = 3600.0
+
+
+@dataclass(frozen=True)
+class LimitBook:
+    """The default :class:`UserLimits` and the overrides per uid."""
+
+    default: UserLimits = UserLimits()
+    by_uid: Mapping[int, UserLimits] = field(default_factory=dict)
+
+    def of(self, uid: int | None) -> UserLimits:
+        return self.by_uid.get(uid, self.default) if uid is not None else self.default
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """Which models clients may use, and for how long they may keep one loaded."""
+
+    #: Canonical names; empty: every model Ollama has.
+    allowed: frozenset[str] = frozenset()
+    #: Models a request may load when they are not loaded; the others must be
+    #: ``configured`` (the default model, ``preload``): ``True`` = any allowed.
+    on_demand: bool = True
+    configured: frozenset[str] = frozenset()
+    #: Longest ``keep_alive`` a client may ask for, in nanoseconds; None: any (even for ever).
+    max_keep_alive_ns: int | None = 3600 * 10**9
+    max_keep_alive: str = "1h"
+
+    def refusal(self, model: str, loaded: bool) -> str | None:
+        """Why ``model`` may not be used (None: it may)."""
+        if self.allowed and model not in self.allowed:
+            return (f"model {model} is not allowed on this host (models.allowed: "
+                    f"{', '.join(sorted(self.allowed))})")
+        if not self.on_demand and not loaded and model not in self.configured:
+            return (f"model {model} is not loaded and models.on_demand is off: only the "
+                    f"configured models ({', '.join(sorted(self.configured))}) are loaded")
+        return None
+
+    def keep_alive_refusal(self, keep_alive: str | int | float) -> str | None:
+        if self.max_keep_alive_ns is None:
+            return None
+        asked = goduration.keep_alive_ns(keep_alive)
+        if asked > self.max_keep_alive_ns:
+            what = "for ever" if asked == goduration.FOREVER_NS else f"{keep_alive!r}"
+            return (f"keep_alive {what} is longer than this host allows "
+                    f"(models.max_keep_alive = {self.max_keep_alive!r})")
+        return None
