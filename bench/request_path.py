@@ -40,12 +40,13 @@ class Daemon:
     """`ollamad serve --stand-in` in its own session, stopped with its whole tree."""
 
     def __init__(self, directory: Path, token_delay: float, workers: int = 8,
-                 ollama: str = "probe_interval = 30.0\n"):
-        """``ollama``: more keys of the [ollama] section, as TOML lines."""
+                 ollama: str = "probe_interval = 30.0\n", top: str = ""):
+        """``ollama``: more keys of the [ollama] section, as TOML lines (tables may
+        follow them); ``top``: more top-level keys."""
         self.socket = f"ipc://{directory}/ollamad.sock"
         config = directory / "ollamad.toml"
         config.write_text(f'socket = "{self.socket}"\nworkers = {workers}\nlog_level = "warning"\n'
-                          '[ollama]\nstand_in = true\nurl = "http://127.0.0.1:0"\n' + ollama)
+                          + top + '[ollama]\nstand_in = true\nurl = "http://127.0.0.1:0"\n' + ollama)
         env = {**os.environ, "OLLAMAD_CONFIG": str(config),
                "OLLAMAD_STANDIN_TOKEN_DELAY": str(token_delay), "OLLAMAD_STANDIN_LOAD_TIME": "0",
                "OLLAMAD_STANDIN_PROMPT_RATE": "0"}

@@ -259,3 +259,54 @@ def test_a_batch_whose_ping_fails_gives_every_prompt_that_error_and_asks_again(c
     fake.handler = daemon_with_limits(fake, max_batch=1)
     assert [r["text"] for r in client.batch(["a", "b"])] == ["echo: a", "echo: b"]
     assert [r.op for r in fake.wait_for(4)] == ["ping", "ping", "batch", "batch"]
+
+
+def test_every_request_names_the_app_given_or_from_the_environment_or_the_program(
+        fake, monkeypatch):
+    with Client(fake.endpoint, app="voice-eval") as named:
+        named.ping()
+    monkeypatch.setenv("OLLAMAD_APP", "data cleaning!")
+    with Client(fake.endpoint) as from_env:
+        from_env.ping()
+    monkeypatch.delenv("OLLAMAD_APP")
+    monkeypatch.setattr("sys.argv", ["/srv/apps/skill demand.py"])
+    with Client(fake.endpoint) as from_program:
+        from_program.ping()
+    apps = [r.message["app"] for r in fake.wait_for(3)]
+    # Characters an app name may not have become "-".
+    assert apps == ["voice-eval", "data-cleaning-", "skill-demand.py"]
+    with pytest.raises(ValueError, match="app must be"):
+        Client(fake.endpoint, app="no spaces")
+
+
+def test_a_deadline_nobody_chose_is_left_to_the_daemon_and_a_chosen_one_is_sent(fake):
+    with Client(fake.endpoint) as client:
+        client.generate("default")                          # the daemon's (or the profile's)
+        client.generate("profiled", profile="voice_eval")
+        client.generate("chosen", profile="voice_eval", timeout=7.0)
+    with Client(fake.endpoint, timeout=9.0) as client:
+        client.generate("constructor", profile="voice_eval")
+    default, profiled, chosen, constructor = fake.wait_for(4)
+    assert "timeout" not in default.message and "timeout" not in profiled.message
+    assert profiled.args == {"prompt": "profiled", "profile": "voice_eval"}
+    assert chosen.message["timeout"] == 7.0 and constructor.message["timeout"] == 9.0
+    assert protocol.decode_request(default.frame).timeout_given is False
+
+
+def test_priority_and_profile_go_with_generation_batch_and_embed(client, fake):
+    client.generate("a", priority="batch", profile="data_cleaning")
+    client.batch(["b"], priority="interactive")
+    client.embed("c", priority="batch", profile="search")
+    generate, batch, embed = fake.wait_for(3, exclude=("ping",))
+    assert generate.args == {"prompt": "a", "priority": "batch", "profile": "data_cleaning"}
+    assert batch.args == {"prompts": ["b"], "priority": "interactive"}
+    assert embed.args == {"input": "c", "priority": "batch", "profile": "search"}
+
+
+def test_a_busy_refusal_carries_its_retry_hint(client, fake):
+    fake.handler = lambda request: [protocol.encode_error(request.id, protocol.Error.of(
+        ErrorCode.BUSY, "this user has 4 items queued", retry_after=2.5))]
+    with pytest.raises(OllamadError) as busy:
+        client.generate("x")
+    assert busy.value.code is ErrorCode.BUSY and busy.value.retry_after == 2.5
+    assert error_for("busy", "m", retry_after=1.0).retry_after == 1.0

@@ -1,10 +1,12 @@
 """Many apps, one GPU: lanes, the batch lane's share, tenants' turns, limits, model policy,
 profiles and who-uses-what figures, with the real daemon, real clients and the stand-in.
 
-Order is read from what the stand-in received, never from timings: with two
-workers and 0.4 s items, which request Ollama gets next is the scheduler's
-choice alone. Items started together end together, so the two requests that
-take their slots reach Ollama in either order: assertions look at pairs.
+Order is read from what the stand-in received, never from timings: the
+stand-in holds the first two requests (a ``hang`` fault) while the test
+queues the rest, then lets them go, so which request Ollama gets next is the
+scheduler's choice alone. The two held items end together, so the two
+requests that take their slots reach Ollama in either order: assertions look
+at pairs.
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ def generations(daemon, count: int, wait_for) -> None:
              f"{count} generations in flight")
 
 
+def hold_the_next_two(daemon, client) -> None:
+    """Make the stand-in hold the next two generations until :func:`release`."""
+    client.generate("warm", max_tokens=1)   # the model is known loaded: no load is held
+    daemon.quiesce()
+    daemon.set_fault("hang", count=2)
+
+
+def release(daemon) -> None:
+    daemon.standin("DELETE", "/_standin/faults")
+
+
+def queued(daemon, client, count: int, wait_for) -> None:
+    wait_for(lambda: client.status()["daemon"]["queue_depth"] == count, 10, f"{count} queued")
+
+
 @pytest.fixture(scope="module")
 def two_slots(module_daemon_factory):
     """Two workers, half kept for batch (one slot), no probes during the tests."""
@@ -64,14 +81,16 @@ def two_slots(module_daemon_factory):
 def test_an_interactive_request_takes_the_next_free_slot_ahead_of_a_queued_batch(
         two_slots, wait_for):
     daemon = two_slots
-    daemon.quiesce()
     # One tenant for both, so that only the lane, not the tenants' turns, can
     # put the interactive request first.
     with daemon.client(app="mixed") as etl, daemon.client(app="mixed") as voice:
+        hold_the_next_two(daemon, etl)
         batch, _ = in_background(etl.batch, [f"lane-b{i}" for i in range(6)], **ITEM)
         generations(daemon, 2, wait_for)          # b0 and b1 hold both workers
-        voice.generate("lane-interactive", **ITEM)
-        batch.join(30)
+        interactive, _ = in_background(voice.generate, "lane-interactive", **ITEM)
+        queued(daemon, etl, 5, wait_for)
+        release(daemon)
+        batch.join(30), interactive.join(30)
     order = received(daemon, "lane-")
     # Not behind the four batch items still queued: it takes one of the two
     # slots that free up next (in arrival order it would be seventh).
@@ -80,15 +99,17 @@ def test_an_interactive_request_takes_the_next_free_slot_ahead_of_a_queued_batch
 
 def test_the_batch_lane_keeps_its_share_while_interactive_work_waits(two_slots, wait_for):
     daemon = two_slots
-    daemon.quiesce()
     with daemon.client(app="mixed") as voice, daemon.client(app="mixed") as etl:
-        chats = [in_background(voice.generate, f"share-i{i}", **ITEM)[0] for i in range(6)]
+        hold_the_next_two(daemon, voice)
+        chats = [in_background(voice.generate, f"share-i{i}", **ITEM) for i in range(6)]
         generations(daemon, 2, wait_for)
-        wait_for(lambda: voice.status()["daemon"]["queue_depth"] == 4, 10, "4 queued")
-        result = etl.batch(["share-b0", "share-b1"], **ITEM)
-        for thread in chats:
+        queued(daemon, voice, 4, wait_for)
+        batch, result = in_background(etl.batch, ["share-b0", "share-b1"], **ITEM)
+        queued(daemon, voice, 6, wait_for)
+        release(daemon)
+        for thread, _ in [*chats, (batch, result)]:
             thread.join(30)
-    assert not any(isinstance(item, OllamadError) for item in result)
+    assert not any(isinstance(item, OllamadError) for item in result[0])
     order = received(daemon, "share-")
     # One of the two slots is the batch lane's while it has work: its first
     # item runs as soon as slots free, ahead of the four interactive ones.
@@ -97,12 +118,13 @@ def test_the_batch_lane_keeps_its_share_while_interactive_work_waits(two_slots, 
 
 def test_tenants_of_a_lane_take_turns(two_slots, wait_for):
     daemon = two_slots
-    daemon.quiesce()
     with daemon.client(app="first") as first, daemon.client(app="second") as second:
+        hold_the_next_two(daemon, first)
         a, _ = in_background(first.batch, [f"turn-a{i}" for i in range(6)], **ITEM)
         generations(daemon, 2, wait_for)
         b, _ = in_background(second.batch, [f"turn-b{i}" for i in range(4)], **ITEM)
-        wait_for(lambda: first.status()["daemon"]["queue_depth"] == 8, 10, "both batches queued")
+        queued(daemon, first, 8, wait_for)
+        release(daemon)
         a.join(30), b.join(30)
     order = received(daemon, "turn-")
     # After the two already running, the tenants alternate: each pair of
