@@ -118,8 +118,8 @@ class SchedulingSettings:
     fair: bool = setting(True, "within a lane, tenants (user and app) take turns; false: "
                          "arrival order")
     batch_min_share: float = setting(0.25, "fraction of the workers the batch lane keeps "
-                                     "while it has work (at least one when above 0)",
-                                     low=0, high=1)
+                                     "while it has work (with too few workers to keep one: "
+                                     "every 1/share-th free worker)", low=0, high=1)
 
 
 @dataclass(frozen=True)

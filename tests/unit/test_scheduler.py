@@ -67,11 +67,22 @@ def test_the_batch_lane_keeps_its_share_of_slots_while_interactive_work_waits():
     assert scheduler.lane_counts()[BATCH] == {"queued": 8, "in_flight": 2}
 
 
-def test_any_share_above_zero_keeps_at_least_one_slot_for_batch():
-    assert LanePolicy(batch_min_share=0.01).batch_reserved(8) == 1
-    assert LanePolicy(batch_min_share=0).batch_reserved(8) == 0
+def test_the_reserve_is_the_share_of_the_slots_or_with_too_few_slots_a_turn_in_time():
+    assert LanePolicy(batch_min_share=0.25).batch_reserved(8) == 2
     assert LanePolicy(batch_min_share=0.5).batch_reserved(8) == 4
+    assert LanePolicy(batch_min_share=0).batch_reserved(8) == 0
     assert LanePolicy(lanes=False).batch_reserved(8) == 0
+    assert LanePolicy(batch_min_share=0.25).batch_turn(8) == 0
+    assert LanePolicy(batch_min_share=0.25).batch_turn(2) == 4
+    assert LanePolicy(batch_min_share=0).batch_turn(1) == 0
+
+
+def test_with_one_slot_the_batch_lane_gets_every_fourth_turn_while_both_wait():
+    scheduler = Scheduler(LanePolicy(batch_min_share=0.25), LimitBook(), slots=1)
+    add(scheduler, BOB, BATCH, 3, "b")
+    add(scheduler, ALICE_A, INTERACTIVE, 9, "i")
+    assert run(scheduler, 12) == ["i0", "i1", "i2", "b0", "i3", "i4", "i5", "b1", "i6", "i7",
+                                  "i8", "b2"]
 
 
 def test_tenants_of_a_lane_take_turns_each_in_its_own_order():

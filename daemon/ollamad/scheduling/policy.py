@@ -59,11 +59,18 @@ class LanePolicy:
         return wanted if self.lanes else INTERACTIVE
 
     def batch_reserved(self, slots: int) -> int:
-        """Slots the batch lane may always use while it has work (at least one
-        when the share is above zero, so that it is never starved)."""
+        """Slots the batch lane may always use while it has work."""
         if not self.lanes or self.batch_min_share <= 0:
             return 0
-        return min(slots, max(1, math.floor(self.batch_min_share * slots)))
+        return min(slots, math.floor(self.batch_min_share * slots))
+
+    def batch_turn(self, slots: int) -> int:
+        """With too few slots to reserve any (``batch_reserved`` is 0 but the share is
+        not), the batch lane gets every N-th free slot while both lanes have work
+        (N = 1 / share, rounded): its share in time instead. 0: no such turn."""
+        if not self.lanes or self.batch_min_share <= 0 or self.batch_reserved(slots):
+            return 0
+        return max(1, round(1 / self.batch_min_share))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ under its own lock, and tests drive it directly.
 
 - **Lanes.** A free slot looks at the interactive lane first; the batch lane
   still gets a slot whenever it has work and holds fewer than its reserved
-  share (:meth:`LanePolicy.batch_reserved`), so it is never starved.
+  share (:meth:`LanePolicy.batch_reserved`), so it is never starved. With
+  too few slots to reserve one (a share of 0.25 and 1 to 3 workers) it gets
+  every N-th free slot instead (:meth:`LanePolicy.batch_turn`).
 - **Tenants.** Each lane keeps one FIFO per tenant. With ``fair`` on, the
   tenants take turns (round-robin: a tenant that was served goes to the back),
   so one tenant's 10,000 items delay another's by one item per turn, not by
@@ -48,6 +50,8 @@ class Scheduler:
         self._lingering = 0         # dropped tasks still in the queues
         self.queued_by: collections.Counter = collections.Counter()   # lane, tenant, uid
         self.running_by: collections.Counter = collections.Counter()
+        #: Free slots that went to interactive work while batch work waited.
+        self._batch_passed_over = 0
 
     # -- queueing ------------------------------------------------------------
 
@@ -79,11 +83,14 @@ class Scheduler:
 
     def next(self) -> Schedulable | None:
         """The task a free slot runs now (marked running), or None if none may run."""
-        batch = self._head(BATCH)
-        if batch is not None and self.running_by[BATCH] < self.policy.batch_reserved(self.slots):
-            chosen = batch
-        else:
-            chosen = self._head(INTERACTIVE) or batch
+        batch, interactive = self._head(BATCH), self._head(INTERACTIVE)
+        chosen = interactive or batch
+        if batch is not None and interactive is not None:
+            turn = self.policy.batch_turn(self.slots)
+            if self.running_by[BATCH] < self.policy.batch_reserved(self.slots) or \
+                    (turn and self._batch_passed_over + 1 >= turn):
+                chosen = batch
+            self._batch_passed_over = 0 if chosen is batch else self._batch_passed_over + 1
         if chosen is None:
             return None
         tenant, task = chosen
