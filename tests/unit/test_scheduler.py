@@ -19,6 +19,7 @@ class Item:
     lane: str = INTERACTIVE
     state: str = "queued"
     seq: int = 0
+    counted_as: tuple = ()
 
 
 def add(scheduler: Scheduler, tenant: Tenant, lane: str, count: int, prefix: str) -> list[Item]:

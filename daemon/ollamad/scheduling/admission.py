@@ -98,7 +98,9 @@ class Admission:
         client's own (the daemon's default and a profile's are the operator's).
         """
         model = names.key(str(body.get("model", "")))
-        problem = self.models.refusal(model, model in self.loaded())
+        # What is loaded matters only when requests may not load models.
+        loaded = not self.models.on_demand and model in self.loaded()
+        problem = self.models.refusal(model, loaded)
         asked = request.args.get("keep_alive")
         if problem is None and asked is not None:
             problem = self.models.keep_alive_refusal(asked)

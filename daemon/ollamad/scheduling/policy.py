@@ -28,6 +28,14 @@ class Tenant:
     uid: int | None
     app: str
 
+    def __hash__(self) -> int:
+        # Hashed several times per request by the scheduler's counts: once is enough.
+        try:
+            return self._hash    # type: ignore[has-type]
+        except AttributeError:
+            object.__setattr__(self, "_hash", hash((self.uid, self.app)))
+            return self._hash
+
     @property
     def user(self) -> str:
         if self.uid is None:

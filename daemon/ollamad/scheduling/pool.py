@@ -55,6 +55,7 @@ class Task:
     #: Queued, taken by a worker, or dropped from the queue unrun.
     state: str = "queued"
     seq: int = field(default=0, repr=False)   # arrival order, set by the scheduler
+    counted_as: tuple = field(default=(), repr=False)   # set by the scheduler
 
 
 @dataclass(frozen=True)

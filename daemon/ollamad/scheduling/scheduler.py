@@ -36,6 +36,7 @@ class Schedulable(Protocol):
     tenant: Tenant
     state: str       # "queued", "taken", "dropped"
     seq: int
+    counted_as: tuple    # the keys its counts go under (set by the scheduler)
 
 
 class Scheduler:
@@ -48,8 +49,9 @@ class Scheduler:
         self._seq = itertools.count()
         self.queued = 0
         self._lingering = 0         # dropped tasks still in the queues
-        self.queued_by: collections.Counter = collections.Counter()   # lane, tenant, uid
-        self.running_by: collections.Counter = collections.Counter()
+        #: Items queued and running, by lane, by tenant and by ("uid", uid); no zeros kept.
+        self.queued_by: dict = {}
+        self.running_by: dict = {}
         #: Free slots that went to interactive work while batch work waited.
         self._batch_passed_over = 0
 
@@ -58,6 +60,7 @@ class Scheduler:
     def add(self, task: Schedulable) -> None:
         task.seq = next(self._seq)
         task.lane = self.policy.lane(task.lane)
+        task.counted_as = (task.lane, task.tenant, ("uid", task.tenant.uid))
         self._lanes[task.lane].setdefault(task.tenant, collections.deque()).append(task)
         self._count(self.queued_by, task, +1)
         self.queued += 1
@@ -75,7 +78,7 @@ class Scheduler:
         tasks = sorted((t for t in self._all() if t.state == "queued"), key=lambda t: t.seq)
         for tenants in self._lanes.values():
             tenants.clear()
-        self.queued_by.clear()
+        self.queued_by = {}
         self.queued = self._lingering = 0
         return tasks
 
@@ -87,7 +90,7 @@ class Scheduler:
         chosen = interactive or batch
         if batch is not None and interactive is not None:
             turn = self.policy.batch_turn(self.slots)
-            if self.running_by[BATCH] < self.policy.batch_reserved(self.slots) or \
+            if self.running_by.get(BATCH, 0) < self.policy.batch_reserved(self.slots) or \
                     (turn and self._batch_passed_over + 1 >= turn):
                 chosen = batch
             self._batch_passed_over = 0 if chosen is batch else self._batch_passed_over + 1
@@ -121,7 +124,8 @@ class Scheduler:
             if not queue:
                 empty.append(tenant)
                 continue
-            if self.running_by[("uid", tenant.uid)] >= self.limits.of(tenant.uid).max_concurrent:
+            if self.running_by.get(("uid", tenant.uid), 0) >= \
+                    self.limits.of(tenant.uid).max_concurrent:
                 continue
             if best is None or queue[0].seq < best[1].seq:
                 best = (tenant, queue[0])
@@ -134,26 +138,26 @@ class Scheduler:
     # -- bookkeeping ---------------------------------------------------------
 
     @staticmethod
-    def _count(counter: collections.Counter, task: Schedulable, delta: int) -> None:
-        for key in (task.lane, task.tenant, ("uid", task.tenant.uid)):
-            counter[key] += delta
-            if not counter[key]:
+    def _count(counter: dict, task: Schedulable, delta: int) -> None:
+        # Zeros are deleted: a client inventing app names must not grow these.
+        for key in task.counted_as:
+            value = counter.get(key, 0) + delta
+            if value:
+                counter[key] = value
+            else:
                 del counter[key]
 
     def queued_for_uid(self, uid: int | None) -> int:
-        return self.queued_by[("uid", uid)]
-
-    def running_for_uid(self, uid: int | None) -> int:
-        return self.running_by[("uid", uid)]
+        return self.queued_by.get(("uid", uid), 0)
 
     def lane_counts(self) -> dict[str, dict[str, int]]:
-        return {lane: {"queued": self.queued_by[lane], "in_flight": self.running_by[lane]}
-                for lane in LANES}
+        return {lane: {"queued": self.queued_by.get(lane, 0),
+                       "in_flight": self.running_by.get(lane, 0)} for lane in LANES}
 
     def tenant_counts(self) -> dict[Tenant, dict[str, int]]:
         tenants = {key for key in (*self.queued_by, *self.running_by) if isinstance(key, Tenant)}
-        return {tenant: {"queued": self.queued_by[tenant], "in_flight": self.running_by[tenant]}
-                for tenant in tenants}
+        return {tenant: {"queued": self.queued_by.get(tenant, 0),
+                         "in_flight": self.running_by.get(tenant, 0)} for tenant in tenants}
 
     def _all(self) -> Iterator[Schedulable]:
         for tenants in self._lanes.values():
