@@ -75,7 +75,7 @@ def _serve(ns: argparse.Namespace) -> int:
 
 def _client(ns: argparse.Namespace):
     from ollamad_client import Client
-    return Client(ns.socket, timeout=ns.timeout)
+    return Client(ns.socket, timeout=ns.timeout, app=getattr(ns, "app", None) or "ollamad-cli")
 
 
 def _query(op: str, render: Callable[[dict[str, Any]], str]) -> Callable[[argparse.Namespace], int]:
@@ -101,7 +101,7 @@ def _generate(ns: argparse.Namespace) -> int:
     from ollamad_client import OllamadError
 
     options = dict(model=ns.model, system=ns.system, temperature=ns.temperature,
-                   max_tokens=ns.max_tokens)
+                   max_tokens=ns.max_tokens, profile=ns.profile, priority=ns.priority)
     with _client(ns) as client:
         try:
             if ns.json:
@@ -196,6 +196,10 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--system")
     generate.add_argument("--temperature", type=float)
     generate.add_argument("--max-tokens", type=int)
+    generate.add_argument("--profile", help="a profile of the daemon's config")
+    generate.add_argument("--priority", choices=("interactive", "batch"))
+    generate.add_argument("--app", help="the app name the daemon accounts it to "
+                          "(default: ollamad-cli)")
 
     restart = client_command("restart", "admin: restart Ollama")
     restart.add_argument("--reason", default=None)

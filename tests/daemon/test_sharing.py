@@ -203,6 +203,17 @@ def test_the_status_command_shows_the_lanes_and_the_busiest_tenants(two_slots):
     assert any(line.split()[:1] == [busiest] for line in lines), out.stdout
 
 
+def test_the_generate_command_takes_a_profile_a_priority_and_an_app(two_slots):
+    out = subprocess.run([sys.executable, "-m", "ollamad", "generate", "from the cli", "--json",
+                          "--profile", "voice_eval", "--priority", "batch", "--app", "ops-shell",
+                          "--socket", two_slots.socket], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert two_slots.sent("from the cli")["options"]["num_predict"] == 400
+    with two_slots.client() as client:
+        tenants = {t["tenant"]: t for t in client.metrics()["tenants"]}
+    assert tenants["root/ops-shell"]["requests"] == 1
+
+
 def test_legacy_get_metrics_returns_the_calling_process_own_figures(two_slots):
     script = (
         "import json, sys\n"
