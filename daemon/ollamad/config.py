@@ -135,19 +135,6 @@ class TenantSettings:
 
 
 @dataclass(frozen=True)
-class ModelSettings:
-    """Which models clients may use, and how."""
-
-    allowed: tuple = setting((), "models clients may use; empty: every model Ollama has")
-    on_demand: bool = setting(True, "a request may load any allowed model; false: only the "
-                              "configured ones (`model`, those with runner options or a "
-                              "profile) and those already loaded")
-    max_keep_alive: str = setting("-1s", "longest keep_alive a client may ask for (a Go "
-                                  "duration; \"-1s\": no limit, even for ever; \"1h\" keeps "
-                                  "one app from pinning a model)")
-
-
-@dataclass(frozen=True)
 class Config:
     socket: str = setting(DEFAULT_SOCKET, "the ZeroMQ endpoint clients connect to (ipc:// or "
                           "tcp://)", applies=DAEMON)
@@ -178,6 +165,13 @@ class Config:
     max_connections: int = setting(4096, "client connections served at once; more are shut "
                                    "at once (also bounded by the open-file limit)", low=1,
                                    high=1_000_000, applies=DAEMON)
+    allowed_models: tuple = setting((), "models clients may use; empty: every model Ollama has")
+    load_on_demand: bool = setting(True, "a request may load any allowed model; false: only the "
+                                   "configured ones (`model`, those with runner options or a "
+                                   "profile) and those already loaded")
+    max_keep_alive: str = setting("-1s", "longest keep_alive a client may ask for (a Go "
+                                  "duration; \"-1s\": no limit, even for ever; \"1h\" keeps "
+                                  "one app from pinning a model)")
     max_tokens_cap: int = setting(4096, "cap on num_predict, against runaway generation",
                                   low=1, high=1_000_000)
     attempt_timeout: float = setting(10.0, "seconds one attempt may wait for Ollama's next "
@@ -196,7 +190,6 @@ class Config:
     gpu: GpuSettings = setting(GpuSettings, "GPU")
     scheduling: SchedulingSettings = setting(SchedulingSettings, "scheduling")
     tenants: TenantSettings = setting(TenantSettings, "tenants")
-    models: ModelSettings = setting(ModelSettings, "models")
     #: Canonical model name -> runner options (:mod:`ollamad.ollama.runner`).
     runner_options: dict = table(
         "runner options per model; every request for the model carries them, and a client "
@@ -217,7 +210,7 @@ class Config:
 
 
 _SECTIONS = {"ollama": OllamaSettings, "gpu": GpuSettings, "scheduling": SchedulingSettings,
-             "tenants": TenantSettings, "models": ModelSettings}
+             "tenants": TenantSettings}
 #: Table field -> its parser (:mod:`ollamad.configtables`).
 _TABLES = {
     "runner_options": configtables.runner_options,
@@ -240,7 +233,7 @@ RULES = [
          'must be a Go duration with a unit (Ollama refuses "-1" or "300": "time: missing '
          'unit in duration"): write "30m" or "1h30m" for a time, "-1s" to keep the model '
          'loaded for ever, "0s" to unload it after each use'),
-    Rule(("models.max_keep_alive",), lambda c: goduration.is_duration(c.models.max_keep_alive),
+    Rule(("max_keep_alive",), lambda c: goduration.is_duration(c.max_keep_alive),
          'must be a Go duration with a unit ("1h", "-1s" for no limit)'),
     Rule(("socket",), lambda c: c.socket.startswith(("ipc://", "tcp://")),
          "must be an ipc:// or tcp:// endpoint"),

@@ -240,8 +240,8 @@ def test_legacy_get_metrics_returns_the_calling_process_own_figures(two_slots):
 LIMITS = {"workers": 4, **QUIET,
           "tenants": {"max_queued": 4, "max_timeout": 20.0, "max_concurrent": 1},
           "user_limits": {"root": {"max_concurrent": 2}},
-          "models": {"allowed": ["llama3.1:8b", "llama3.2:1b"], "on_demand": False,
-                     "max_keep_alive": "10m"}}
+          "allowed_models": ["llama3.1:8b", "llama3.2:1b"], "load_on_demand": False,
+          "max_keep_alive": "10m"}
 
 
 def test_each_user_limit_is_enforced_and_a_refusal_names_it(daemon_factory, wait_for):
@@ -289,7 +289,7 @@ def test_the_model_policy_refuses_with_its_own_code_before_ollama_sees_it(daemon
             client.generate("policy-hour", keep_alive="1h")
         assert client.generate("policy-ok", keep_alive="5m", max_tokens=2)["text"]
     assert "not allowed on this host" in not_listed.value.message
-    assert "models.on_demand is off" in not_on_demand.value.message
+    assert "load_on_demand is off" in not_on_demand.value.message
     assert "for ever" in pinned.value.message and "'10m'" in pinned.value.message
     assert "'1h'" in too_long.value.message
     prompts = {b.get("prompt") for b in daemon.standin_state()["recent_requests"]

@@ -86,12 +86,11 @@ def test_the_deadline_asked_for_is_bounded_by_the_users_limit(admission):
 
 
 def test_the_model_policy_names_what_it_refuses(tmp_path):
-    policy = admission_from_config(load(tmp_path, PROFILES + """
-[models]
-allowed = ["llama3.1:8b", "llama3.2:1b", "Qwen3:0.6b", "nomic-embed-text"]
-on_demand = false
+    policy = admission_from_config(load(tmp_path, """
+allowed_models = ["llama3.1:8b", "llama3.2:1b", "Qwen3:0.6b", "nomic-embed-text"]
+load_on_demand = false
 max_keep_alive = "10m"
-"""), loaded=lambda: {"llama3.2:1b:latest", "llama3.2:1b"})
+""" + PROFILES), loaded=lambda: {"llama3.2:1b:latest", "llama3.2:1b"})
 
     def refusal(body, **args):
         try:
@@ -101,7 +100,7 @@ max_keep_alive = "10m"
             return failure.message
         return None
     assert "not allowed on this host" in refusal({"model": "mistral"})
-    assert "models.on_demand is off" in refusal({"model": "nomic-embed-text"})
+    assert "load_on_demand is off" in refusal({"model": "nomic-embed-text"})
     assert refusal({"model": "llama3.2:1b"}) is None          # loaded already
     assert refusal({"model": "qwen3:0.6b"}) is None           # a profile's model: configured
     assert refusal({"model": "llama3.1:8b", "keep_alive": "30m"}) is None  # the daemon's own
@@ -118,8 +117,8 @@ max_keep_alive = "10m"
     ('[user_limits."no-such-user-here"]\nmax_queued = 1\n', "no such user"),
     ('[user_limits."0"]\nmax_queud = 1\n', "user_limits.'0'.max_queud: unknown key"),
     ('[user_limits."0"]\nmax_concurrent = 0\n', "must be 1 to 256"),
-    ('[models]\nallowed = "llama3.1:8b"\n', "models.allowed: expected a list of strings"),
-    ('[models]\nmax_keep_alive = "1"\n', "models.max_keep_alive: must be a Go duration"),
+    ('allowed_models = "llama3.1:8b"\n', "allowed_models: expected a list of strings"),
+    ('max_keep_alive = "1"\n', "max_keep_alive: must be a Go duration"),
     ('[scheduling]\nbatch_min_share = 1.5\n', "scheduling.batch_min_share: 1.5 is out of range"),
 ])
 def test_bad_scheduling_config_stops_start_up_naming_the_key(tmp_path, text, message):
@@ -138,5 +137,5 @@ def test_user_limits_by_name_or_uid_override_the_defaults(tmp_path):
 
 
 def test_a_models_list_may_come_from_the_environment():
-    loaded = config.load("/dev/null", env={"OLLAMAD_MODELS_ALLOWED": "llama3.1:8b, qwen3:0.6b"})
-    assert loaded.models.allowed == ("llama3.1:8b", "qwen3:0.6b")
+    loaded = config.load("/dev/null", env={"OLLAMAD_ALLOWED_MODELS": "llama3.1:8b, qwen3:0.6b"})
+    assert loaded.allowed_models == ("llama3.1:8b", "qwen3:0.6b")

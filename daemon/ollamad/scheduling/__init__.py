@@ -37,14 +37,14 @@ def limit_book(config: Any) -> LimitBook:
 
 
 def model_policy(config: Any) -> ModelPolicy:
-    ns = goduration.parse_duration(config.models.max_keep_alive)
+    ns = goduration.parse_duration(config.max_keep_alive)
     configured = {names.key(config.model), *config.runner_options,
                   *(names.key(p.args["model"]) for p in config.profiles.values()
                     if "model" in p.args)}
-    return ModelPolicy(allowed=frozenset(names.key(m) for m in config.models.allowed),
-                       on_demand=config.models.on_demand, configured=frozenset(configured),
+    return ModelPolicy(allowed=frozenset(names.key(m) for m in config.allowed_models),
+                       on_demand=config.load_on_demand, configured=frozenset(configured),
                        max_keep_alive_ns=None if ns < 0 else ns,
-                       max_keep_alive=config.models.max_keep_alive)
+                       max_keep_alive=config.max_keep_alive)
 
 
 def admission_from_config(config: Any, loaded: Callable[[], set[str]]) -> Admission:

@@ -6,6 +6,7 @@ read these values, and a reload swaps them for new ones.
 
 from __future__ import annotations
 
+import functools
 import math
 import pwd
 from dataclasses import dataclass, field
@@ -17,6 +18,15 @@ INTERACTIVE = "interactive"
 BATCH = "batch"
 #: In the order a free slot looks at them.
 LANES = (INTERACTIVE, BATCH)
+
+
+@functools.lru_cache(maxsize=1024)
+def _user_name(uid: int) -> str:
+    """The user name of ``uid`` (its number when it has none); looked up once per uid."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 @dataclass(frozen=True)
@@ -38,12 +48,7 @@ class Tenant:
 
     @property
     def user(self) -> str:
-        if self.uid is None:
-            return "tcp"
-        try:
-            return pwd.getpwuid(self.uid).pw_name
-        except KeyError:
-            return str(self.uid)
+        return "tcp" if self.uid is None else _user_name(self.uid)
 
     def label(self) -> str:
         return f"{self.user}/{self.app}"
@@ -121,10 +126,10 @@ class ModelPolicy:
     def refusal(self, model: str, loaded: bool) -> str | None:
         """Why ``model`` may not be used (None: it may)."""
         if self.allowed and model not in self.allowed:
-            return (f"model {model} is not allowed on this host (models.allowed: "
+            return (f"model {model} is not allowed on this host (allowed_models: "
                     f"{', '.join(sorted(self.allowed))})")
         if not self.on_demand and not loaded and model not in self.configured:
-            return (f"model {model} is not loaded and models.on_demand is off: only the "
+            return (f"model {model} is not loaded and load_on_demand is off: only the "
                     f"configured models ({', '.join(sorted(self.configured))}) are loaded")
         return None
 
@@ -135,5 +140,5 @@ class ModelPolicy:
         if asked > self.max_keep_alive_ns:
             what = "for ever" if asked == goduration.FOREVER_NS else f"{keep_alive!r}"
             return (f"keep_alive {what} is longer than this host allows "
-                    f"(models.max_keep_alive = {self.max_keep_alive!r})")
+                    f"(max_keep_alive = {self.max_keep_alive!r})")
         return None

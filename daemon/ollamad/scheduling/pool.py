@@ -93,6 +93,10 @@ class WorkerPool:
         for thread in self._threads:
             thread.start()
 
+    def lane(self, wanted: str) -> str:
+        """The lane a request that asks for ``wanted`` waits in (one lane when lanes are off)."""
+        return self._scheduler.policy.lane(wanted)
+
     def configure(self, policy: LanePolicy, limits: LimitBook) -> None:
         """New lane policy and user limits (a reload); queued tasks keep their place."""
         with self._lock:

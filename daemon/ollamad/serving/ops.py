@@ -93,7 +93,7 @@ class Dispatcher:
     def admit(self, exchange: Exchange, peer: Peer) -> Ticket:
         """The request's ticket (tenant, lane, arguments with its profile, deadline)."""
         ticket = self.admission.ticket(exchange.request, peer.uid)
-        exchange.admitted(ticket.tenant, ticket.lane, ticket.timeout)
+        exchange.admitted(ticket.tenant, self.pool.lane(ticket.lane), ticket.timeout)
         return ticket
 
     def submit(self, exchange: Exchange, tasks: list[Task]) -> None:
