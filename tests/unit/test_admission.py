@@ -57,9 +57,14 @@ def test_the_lane_is_the_requests_then_the_profiles_then_the_ops(admission):
     assert admission.ticket(request(prompt="x", profile="cleaning"), 0).lane == BATCH
     assert admission.ticket(request(prompt="x", profile="cleaning", priority="interactive"),
                             0).lane == INTERACTIVE
-    with pytest.raises(OllamaFailure) as bad:
-        admission.ticket(request(prompt="x", priority="urgent"), 0)
-    assert bad.value.code is ErrorCode.BAD_REQUEST and "interactive, batch" in bad.value.message
+    for nonsense in ("urgent", ["batch"], 1):
+        with pytest.raises(OllamaFailure) as bad:
+            admission.ticket(request(prompt="x", priority=nonsense), 0)
+        assert bad.value.code is ErrorCode.BAD_REQUEST and "interactive, batch" in bad.value.message
+    for nonsense in ({"name": "voice_eval"}, 3):
+        with pytest.raises(OllamaFailure) as bad:
+            admission.ticket(request(prompt="x", profile=nonsense), 0)
+        assert bad.value.code is ErrorCode.BAD_REQUEST
 
 
 def test_a_profile_fills_in_under_the_requests_own_arguments(admission):

@@ -34,6 +34,11 @@ def test_round_trip():
     (frame(timeout=1e9), ErrorCode.BAD_REQUEST, True),
     (frame(stream="yes"), ErrorCode.BAD_REQUEST, True),
     (frame(op="batch", stream=True), ErrorCode.BAD_REQUEST, True),
+    (frame(app=5), ErrorCode.BAD_REQUEST, True),
+    (frame(app=""), ErrorCode.BAD_REQUEST, True),
+    (frame(app="a" * 65), ErrorCode.BAD_REQUEST, True),
+    (frame(app="two words"), ErrorCode.BAD_REQUEST, True),
+    (frame(app="voice\n"), ErrorCode.BAD_REQUEST, True),
 ])
 def test_bad_requests(data, code, has_id):
     with pytest.raises(ProtocolError) as err:
@@ -54,3 +59,19 @@ def test_reply_decoding():
 def test_retryable_codes():
     assert ErrorCode.BUSY.retryable and ErrorCode.TIMEOUT.retryable
     assert not ErrorCode.MODEL_NOT_FOUND.retryable and not ErrorCode.BAD_REQUEST.retryable
+
+
+def test_the_app_and_a_deadline_left_out_round_trip():
+    named = Request(id="x", op="generate", args={}, app="voice-eval:v2", timeout_given=False)
+    decoded = protocol.decode_request(protocol.encode_request(named))
+    assert decoded == Request(id="x", op="generate", args={}, app="voice-eval:v2",
+                              timeout=protocol.DEFAULT_TIMEOUT, timeout_given=False)
+    assert "timeout" not in json.loads(protocol.encode_request(named))
+
+
+def test_an_error_may_carry_a_retry_hint_and_nonsense_hints_are_ignored():
+    hinted = protocol.Error.of(ErrorCode.BUSY, "full", retry_after=1.5)
+    assert protocol.decode_reply(protocol.encode_error("a", hinted)).error.retry_after == 1.5
+    for nonsense in (-1, True, "soon", 1e9):
+        body = {"code": "busy", "message": "m", "retryable": True, "retry_after": nonsense}
+        assert protocol.decode_error(body)[0].retry_after is None
