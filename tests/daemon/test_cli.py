@@ -62,6 +62,7 @@ def test_status_reads_like_times_people_read(shared_daemon):
                      out.stdout, re.M), out.stdout
     assert re.search(r"^ollama up +\d", out.stdout, re.M) and not re.search(r"^uptime", out.stdout,
                                                                               re.M)
+    assert re.search(r"^ollama +RUNNING \(spawn mode, version 0\.33\.0\)$", out.stdout, re.M)
     # The loaded model as `ollama ps` shows it: where it runs, and until when.
     assert re.search(r"llama3\.1:8b .* 100% GPU +4096 +in (29|30) min", out.stdout), out.stdout
 
