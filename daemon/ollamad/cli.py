@@ -223,7 +223,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--ollama-url", help="where Ollama listens (port 0: Ollama picks one)")
     serve.add_argument("--workers", type=int, help="request workers (default 8)")
     serve.add_argument("--model", help="default model (default llama3.1:8b)")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                       help="log level (default info, or the config's log_level)")
     serve.add_argument("--stand-in", action="store_true",
                        help="supervise the bundled stand-in instead of `ollama serve`")
     serve.add_argument("--external", action="store_true",
@@ -253,7 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, help="sampling temperature")
     generate.add_argument("--max-tokens", type=int, help="most tokens to generate")
     generate.add_argument("--profile", help="a profile of the daemon's config")
-    generate.add_argument("--priority", choices=("interactive", "batch"))
+    generate.add_argument("--priority", choices=("interactive", "batch"),
+                          help="the daemon's lane (default interactive)")
     generate.add_argument("--app", help="the app name the daemon accounts it to "
                           "(default: ollamad-cli)")
 

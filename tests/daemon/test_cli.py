@@ -169,3 +169,18 @@ def test_top_shows_live_figures_in_a_terminal_and_quits_on_q(shared_daemon):
             top.kill()
             top.wait(5)
         os.close(main)
+
+
+@pytest.mark.parametrize("command", ["serve", "status", "health", "top", "generate", "restart"])
+def test_every_flag_says_what_it_does(command):
+    out = ollamad(command, "--help")
+    assert out.returncode == 0
+    options = re.findall(r"^  (-[-\w]+(?:[ ,][A-Z_{}a-z,.-]+)*)(.*)$", out.stdout, re.M)
+    # A flag's help is on its own line or the next (argparse wraps long flags).
+    lines = out.stdout.splitlines()
+    for flag, rest in options:
+        if flag.startswith("-h"):
+            continue
+        index = next(i for i, line in enumerate(lines) if line.startswith(f"  {flag}"))
+        text = rest.strip() or lines[index + 1].strip()
+        assert text and not text.startswith("-"), f"{command} {flag} has no help"
