@@ -167,9 +167,56 @@ def poll_ms(seconds: float) -> int:
     return max(0, math.ceil(seconds * 1000))
 
 
+def check_endpoint(endpoint: str) -> str:
+    """``endpoint`` if it is an ``ipc://PATH`` or ``tcp://HOST:PORT`` endpoint, else a
+    ValueError that says what it should look like."""
+    scheme, sep, rest = endpoint.partition("://")
+    if sep and scheme == "ipc" and rest:
+        return endpoint
+    if sep and scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if colon and host and port.isdigit() and 0 < int(port) < 65536:
+            return endpoint
+    hint = (f" (did you mean ipc://{endpoint}?)" if endpoint.startswith(("/", "."))
+            else "")
+    raise ValueError(f"{endpoint!r} is not an ollamad endpoint: use ipc:///PATH/TO/SOCKET or "
+                     f"tcp://HOST:PORT{hint}")
+
+
 def unreachable(endpoint: str, connect_timeout: float) -> Unavailable:
-    return Unavailable(f"ollamad is not reachable at {endpoint} (no connection within "
-                       f"{connect_timeout:g} s); is the daemon running?")
+    """Why no connection came: the socket file's permissions, its absence, or silence."""
+    head = f"ollamad is not reachable at {endpoint}"
+    path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
+    if path:
+        try:
+            os.stat(path)
+        except PermissionError:
+            return Unavailable(f"{head}: permission denied: this process may not enter "
+                               f"{os.path.dirname(path) or '.'}, where the socket is")
+        except FileNotFoundError:
+            return Unavailable(f"{head}: there is no socket file {path}. Is the daemon running "
+                               "(systemctl status ollamad)? Or point OLLAMAD_SOCKET / --socket "
+                               "at the right one")
+        except OSError:
+            pass
+        else:
+            if not os.access(path, os.R_OK | os.W_OK):
+                group = _group_name(path)
+                return Unavailable(
+                    f"{head}: permission denied on {path}: only its owner and group {group!r} "
+                    f"may connect. Join the group (sudo usermod -aG {group} $USER), then log "
+                    f"in again or run `newgrp {group}`: a new group counts only in new sessions")
+    return Unavailable(f"{head} (no connection within {connect_timeout:g} s); is the daemon "
+                       "running?")
+
+
+def _group_name(path: str) -> str:
+    gid = os.stat(path).st_gid
+    try:
+        import grp
+        return grp.getgrgid(gid).gr_name
+    except (ImportError, KeyError):
+        return str(gid)
 
 
 def went_away(endpoint: str) -> Unavailable:

@@ -16,11 +16,12 @@ import logging
 import resource
 import signal
 import time
+import urllib.parse
 from typing import Any
 
 import zmq
 
-from ollamad import __version__, config as config_mod
+from ollamad import __version__, config as config_mod, requestlog
 from ollamad.args import GenerationDefaults, Limits
 from ollamad.backend import OllamaBackend
 from ollamad.config import Config
@@ -40,7 +41,8 @@ from ollamad.serving.loop import IOLoop
 from ollamad.serving.ops import Dispatcher
 from ollamad.serving.outbox import Outbox
 from ollamad.serving.registry import OpenRequests
-from ollamad.serving.router import Peer, RouterSocket
+from ollamad.prometheus import Collector, MetricsListener
+from ollamad.serving.router import BindError, Peer, RouterSocket
 from ollamad.supervisor import Supervisor, SupervisorError
 from ollamad_client.protocol import Error, ErrorCode
 
@@ -99,7 +101,9 @@ class Daemon:
         self.config = config
         self._reload_config = reload_config          # () -> Config, for SIGHUP
         self.notifier = notifier or Notifier.from_environment()
-        self.request_metrics = Metrics()
+        self.request_metrics = Metrics(config.metrics.max_tenant_labels)
+        requestlog.configure(config.metrics.request_log)
+        self.metrics_listener: MetricsListener | None = None
         self.progress = ProgressTracker()
         self.outbox = Outbox()
         self._status_changed = False
@@ -149,7 +153,26 @@ class Daemon:
         self._loop = IOLoop(self._router, self.dispatcher, self.request_metrics, self.requests,
                             self.outbox, self.notifier, on_signal=self._on_signal,
                             housekeeping=self._housekeeping, threads_alive=self.threads_alive)
+        self._bind_metrics()
         return self._router.bound
+
+    def _bind_metrics(self) -> None:
+        """The Prometheus listener, when ``metrics.listen`` asks for one (never Ollama's port)."""
+        where = config_mod.listen_address(self.config)
+        if where is None:
+            return
+        ollama_port = urllib.parse.urlsplit(self.config.ollama.url).port
+        if where[1] and where[1] == ollama_port:
+            raise BindError(f"metrics.listen {self.config.metrics.listen} is Ollama's port "
+                            f"(ollama.url {self.config.ollama.url}): choose another")
+        # Only what other threads may read: the listener runs on a thread of its own.
+        collector = Collector(metrics=self.report.metrics, series=self.request_metrics.series,
+                              ollama=self.supervisor.snapshot, gpu=self.gpu_monitor.snapshot)
+        try:
+            self.metrics_listener = MetricsListener(where[0], where[1], collector)
+        except OSError as exc:
+            raise BindError(f"cannot listen for metrics on {self.config.metrics.listen}: "
+                            f"{exc.strerror}") from None
 
     def run(self) -> int:
         assert self._loop is not None and self._router is not None, "bind() first"
@@ -161,6 +184,9 @@ class Daemon:
             self.pool.start()
             self.supervisor.start()
             self.gpu_monitor.start()
+            if self.metrics_listener is not None:
+                self.metrics_listener.start()
+                log.info("Prometheus metrics on http://%s/metrics", self.metrics_listener.address)
             log.info("ollamad %s serving on %s with %d workers", __version__,
                      self._router.bound, self.pool.size)
             # READY means: the socket is bound and requests are accepted.
@@ -212,6 +238,8 @@ class Daemon:
             dead.append("the supervisor")
         if self.gpu_monitor.started and not self.gpu_monitor.is_running():
             dead.append("the GPU monitor")
+        if self.metrics_listener is not None and not self.metrics_listener.alive():
+            dead.append("the metrics listener")
         return dead
 
     # -- signals ----------------------------------------------------------
@@ -248,6 +276,7 @@ class Daemon:
         self.gpu_monitor.interval = new.gpu.poll_interval
         self.leak_policy = VramLeakPolicy(new.gpu.leak_threshold_bytes or None, new.gpu.leak_duration)
         set_level(new.log_level)
+        requestlog.configure(new.metrics.request_log)
         self.config = new
         later = {Applies.DAEMON_RESTART: changed.get(Applies.DAEMON_RESTART, []),
                  Applies.OLLAMA_RESTART: sorted(set(changed.get(Applies.OLLAMA_RESTART, []))
@@ -279,6 +308,8 @@ class Daemon:
         self._loop.flush(time.monotonic() + 1.0)
 
     def _stop_threads(self) -> None:
+        if self.metrics_listener is not None:
+            self.metrics_listener.stop(timeout=2.0)
         self.pool.stop(timeout=2.0)
         self.gpu_monitor.stop(timeout=2.0)
         self.supervisor.stop(timeout=self.config.ollama.stop_grace + 5.0)

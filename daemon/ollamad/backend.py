@@ -82,6 +82,8 @@ class CallContext:
     waiting: Callable[[str | None], None] = lambda what: None
     #: HTTP calls made to Ollama (none when the request never got that far).
     attempts: int = 0
+    #: ``time.monotonic()`` when the answer's first piece (text or reasoning) came.
+    first_token_at: float | None = None
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -275,6 +277,8 @@ class OllamaBackend:
                         raise OllamaFailure(ErrorCode.BACKEND_ERROR, str(obj["error"]),
                                             retryable=True)
                     chunk = answer.add(obj)
+                    if chunk and ctx.first_token_at is None:
+                        ctx.first_token_at = time.monotonic()
                     if chunk and ctx.on_chunk is not None:
                         ctx.on_chunk(chunk)
                     if obj.get("done"):

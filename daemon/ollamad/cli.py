@@ -1,8 +1,8 @@
 """The ``ollamad`` command line.
 
 ``serve`` runs the daemon; ``status``, ``health``, ``metrics``, ``gpu``,
-``models``, ``generate`` and ``restart`` talk to a running daemon through the
-client library; ``stand-in`` runs the bundled Ollama stand-in;
+``models``, ``top``, ``generate`` and ``restart`` talk to a running daemon
+through the client library; ``stand-in`` runs the bundled Ollama stand-in;
 ``install-systemd`` installs the unit; ``example-config`` prints the config
 file with every default.
 """
@@ -73,8 +73,24 @@ def _serve(ns: argparse.Namespace) -> int:
     return daemon.run()
 
 
+#: ``ollamad health`` exit statuses, as monitoring plugins (Nagios, Icinga) read them.
+HEALTH_EXIT = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+HEALTH_UNKNOWN = 3
+#: A usage error: a bad --socket (what argparse itself exits with).
+EX_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (an endpoint that is none)."""
+
+
 def _client(ns: argparse.Namespace):
     from ollamad_client import Client
+    from ollamad_client._calls import check_endpoint
+    try:
+        check_endpoint(ns.socket)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return Client(ns.socket, timeout=ns.timeout, app=getattr(ns, "app", None) or "ollamad-cli")
 
 
@@ -88,10 +104,10 @@ def _query(op: str, render: Callable[[dict[str, Any]], str]) -> Callable[[argpar
                 result = getattr(client, op)()
             except OllamadError as exc:
                 print(error_line(exc), file=sys.stderr)
-                return 2 if op == "health" else 1
+                return HEALTH_UNKNOWN if op == "health" else 1
         print(json.dumps(result, indent=2, sort_keys=True) if ns.json else render(result))
         if op == "health":
-            return 0 if result.get("status") == "healthy" else 1
+            return HEALTH_EXIT.get(result.get("status"), HEALTH_UNKNOWN)
         return 0
     return command
 
@@ -102,12 +118,13 @@ def _generate(ns: argparse.Namespace) -> int:
 
     options = dict(model=ns.model, system=ns.system, temperature=ns.temperature,
                    max_tokens=ns.max_tokens, profile=ns.profile, priority=ns.priority)
+    prompt = sys.stdin.read() if ns.prompt == "-" else ns.prompt
     with _client(ns) as client:
         try:
             if ns.json:
-                print(json.dumps(client.generate(ns.prompt, **options), indent=2))
+                print(json.dumps(client.generate(prompt, **options), indent=2))
                 return 0
-            stream = client.stream(ns.prompt, **options)
+            stream = client.stream(prompt, **options)
             for piece in stream:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
@@ -128,12 +145,51 @@ def _restart(ns: argparse.Namespace) -> int:
 
     with _client(ns) as client:
         try:
-            client.restart(ns.reason)
+            before = client.status()["ollama"].get("restarts", 0) if ns.wait else None
+            answer = client.restart(ns.reason)
+            final = _follow_restart(client, before, ns) if ns.wait else None
         except OllamadError as exc:
             print(error_line(exc), file=sys.stderr)
             return 1
-    print("Ollama restart requested")
+    if ns.json:
+        print(json.dumps({**answer, **({"ollama": final} if final else {})}, indent=2,
+                         sort_keys=True))
+    elif not ns.wait:
+        print("Ollama restart requested (ollamad restart --wait follows it to RUNNING)")
+    if final is not None and final.get("state") != "RUNNING":
+        return 1
     return 0
+
+
+def _follow_restart(client, before: int, ns: argparse.Namespace) -> dict[str, Any]:
+    """Poll ``status`` until the restart has happened and Ollama is RUNNING, FATAL or
+    time is up; each state change is a line (unless --json)."""
+    import time
+
+    deadline = time.monotonic() + ns.wait_timeout
+    seen = None
+    while True:
+        ollama = client.status()["ollama"]
+        if ollama.get("state") != seen and not ns.json:
+            seen = ollama.get("state")
+            why = ollama.get("last_reason")
+            print(f"ollama {seen}" + (f": {why}" if why and seen != "RUNNING" else ""),
+                  flush=True)
+        restarted = ollama.get("restarts", 0) > before
+        if restarted and ollama.get("state") in ("RUNNING", "FATAL"):
+            return ollama
+        if time.monotonic() >= deadline:
+            if not ns.json:
+                print(f"ollamad: Ollama is not RUNNING after {ns.wait_timeout:g} s "
+                      f"(state {ollama.get('state')})", file=sys.stderr)
+            return ollama
+        time.sleep(0.2)
+
+
+def _top(ns: argparse.Namespace) -> int:
+    from ollamad import top
+    with _client(ns) as client:
+        return top.run(client, ns.interval)
 
 
 def _stand_in(argv: list[str]) -> int:
@@ -167,7 +223,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--ollama-url", help="where Ollama listens (port 0: Ollama picks one)")
     serve.add_argument("--workers", type=int, help="request workers (default 8)")
     serve.add_argument("--model", help="default model (default llama3.1:8b)")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                       help="log level (default info, or the config's log_level)")
     serve.add_argument("--stand-in", action="store_true",
                        help="supervise the bundled stand-in instead of `ollama serve`")
     serve.add_argument("--external", action="store_true",
@@ -191,18 +248,27 @@ def _parser() -> argparse.ArgumentParser:
 
     generate = client_command("generate", "generate text (streams to the terminal)")
     generate.set_defaults(timeout=120.0, handler=_generate)
-    generate.add_argument("prompt")
-    generate.add_argument("--model")
-    generate.add_argument("--system")
-    generate.add_argument("--temperature", type=float)
-    generate.add_argument("--max-tokens", type=int)
+    generate.add_argument("prompt", help="the prompt; - reads it from standard input")
+    generate.add_argument("--model", help="the model (default: the daemon's)")
+    generate.add_argument("--system", help="a system prompt")
+    generate.add_argument("--temperature", type=float, help="sampling temperature")
+    generate.add_argument("--max-tokens", type=int, help="most tokens to generate")
     generate.add_argument("--profile", help="a profile of the daemon's config")
-    generate.add_argument("--priority", choices=("interactive", "batch"))
+    generate.add_argument("--priority", choices=("interactive", "batch"),
+                          help="the daemon's lane (default interactive)")
     generate.add_argument("--app", help="the app name the daemon accounts it to "
                           "(default: ollamad-cli)")
 
+    top = client_command("top", "a live view: lanes, tenants, tokens/s, Ollama, GPU (q quits)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.set_defaults(handler=_top, timeout=5.0)
+
     restart = client_command("restart", "admin: restart Ollama")
-    restart.add_argument("--reason", default=None)
+    restart.add_argument("--reason", default=None, help="why (shown in status and the log)")
+    restart.add_argument("--wait", action="store_true",
+                         help="follow the restart until Ollama is RUNNING again")
+    restart.add_argument("--wait-timeout", type=float, default=120.0,
+                         help="seconds --wait waits (default 120)")
     restart.set_defaults(handler=_restart)
 
     commands.add_parser("stand-in", help="run the bundled Ollama stand-in (reads OLLAMA_HOST)",
@@ -224,5 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     try:
         return ns.handler(ns)
+    except UsageError as exc:
+        print(f"ollamad: {exc}", file=sys.stderr)
+        return HEALTH_UNKNOWN if ns.command == "health" else EX_USAGE
     except KeyboardInterrupt:
         return 130

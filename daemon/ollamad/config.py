@@ -135,6 +135,19 @@ class TenantSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """What operators read: the Prometheus listener and the request log."""
+
+    listen: str = setting("", "HOST:PORT of the Prometheus /metrics listener (port 0: any "
+                          "free one); empty: off", applies=DAEMON)
+    max_tenant_labels: int = setting(20, "tenants and models that get label values of "
+                                     "their own in /metrics; later ones are `other`",
+                                     low=1, high=10_000, applies=DAEMON)
+    request_log: str = setting("info", "level of the one log line per finished model "
+                               "request", choices=("off", "debug", "info"))
+
+
+@dataclass(frozen=True)
 class Config:
     socket: str = setting(DEFAULT_SOCKET, "the ZeroMQ endpoint clients connect to (ipc:// or "
                           "tcp://)", applies=DAEMON)
@@ -190,6 +203,7 @@ class Config:
     gpu: GpuSettings = setting(GpuSettings, "GPU")
     scheduling: SchedulingSettings = setting(SchedulingSettings, "scheduling")
     tenants: TenantSettings = setting(TenantSettings, "tenants")
+    metrics: MetricsSettings = setting(MetricsSettings, "metrics")
     #: Canonical model name -> runner options (:mod:`ollamad.ollama.runner`).
     runner_options: dict = table(
         "runner options per model; every request for the model carries them, and a client "
@@ -210,7 +224,7 @@ class Config:
 
 
 _SECTIONS = {"ollama": OllamaSettings, "gpu": GpuSettings, "scheduling": SchedulingSettings,
-             "tenants": TenantSettings}
+             "tenants": TenantSettings, "metrics": MetricsSettings}
 #: Table field -> its parser (:mod:`ollamad.configtables`).
 _TABLES = {
     "runner_options": configtables.runner_options,
@@ -235,9 +249,25 @@ RULES = [
          'loaded for ever, "0s" to unload it after each use'),
     Rule(("max_keep_alive",), lambda c: goduration.is_duration(c.max_keep_alive),
          'must be a Go duration with a unit ("1h", "-1s" for no limit)'),
+    Rule(("metrics.listen",), lambda c: not c.metrics.listen or _host_port(c.metrics.listen),
+         'must be HOST:PORT ("127.0.0.1:9464", "[::1]:9464"), or empty for no listener'),
     Rule(("socket",), lambda c: c.socket.startswith(("ipc://", "tcp://")),
          "must be an ipc:// or tcp:// endpoint"),
 ]
+
+
+def _host_port(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` as (host, port), or None when it is not one."""
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        return None
+    return host, int(port)
+
+
+def listen_address(config: Config) -> tuple[str, int] | None:
+    """Where the Prometheus listener binds (None: off)."""
+    return _host_port(config.metrics.listen) if config.metrics.listen else None
 
 
 def all_keys() -> list[Key]:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from typing import Mapping, TextIO
 
 #: Name of the handler this module installs on the root logger, so that a
 #: second `configure_logging` replaces it instead of adding another.
 HANDLER_NAME = "ollamad"
+#: The second handler under systemd: request lines, natively to the journal.
+JOURNAL_HANDLER_NAME = "ollamad-journal"
 
 HUMAN_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 JOURNAL_FORMAT = "%(name)s: %(message)s"
@@ -72,8 +75,52 @@ def is_journal_stream(stream: TextIO, env: Mapping[str, str]) -> bool:
         return False
 
 
+#: Where journald takes entries in its native protocol (systemd.journal-fields(7)).
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+def _has_fields(record: logging.LogRecord) -> bool:
+    return bool(getattr(record, "journal_fields", None))
+
+
+class JournalHandler(logging.Handler):
+    """Records carrying ``journal_fields`` go to the journal natively, one datagram each,
+    with those fields (``KEY=value``); when the journal cannot take one, the record
+    goes to ``fallback`` as a line like any other."""
+
+    def __init__(self, fallback: logging.Handler, path: str = JOURNAL_SOCKET):
+        super().__init__()
+        self._fallback = fallback
+        self._path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.setblocking(False)
+        self.addFilter(_has_fields)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = {"MESSAGE": self.format(record), "PRIORITY": syslog_priority(record.levelno),
+                  "SYSLOG_IDENTIFIER": "ollamad", "LOGGER": record.name,
+                  **record.journal_fields}   # type: ignore[attr-defined]
+        try:
+            self._socket.sendto(b"".join(_journal_field(k, v) for k, v in fields.items()),
+                                self._path)
+        except OSError:   # no journal, or its queue full: never lose the line
+            self._fallback.emit(record)
+
+    def close(self) -> None:
+        self._socket.close()
+        super().close()
+
+
+def _journal_field(key: str, value: object) -> bytes:
+    data = str(value).encode("utf-8", "replace")
+    if b"\n" not in data:
+        return key.encode() + b"=" + data + b"\n"
+    # The protocol's binary form: KEY, newline, 64-bit little-endian length, value.
+    return key.encode() + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
+
+
 def configure_logging(level: str, env: Mapping[str, str] = os.environ,
-                      stream: TextIO | None = None) -> None:
+                      stream: TextIO | None = None, journal_socket: str = JOURNAL_SOCKET) -> None:
     """Send all logging to `stream` (default stderr) at `level`.
 
     Replaces the handler a previous call installed, so calling it again (on
@@ -82,14 +129,24 @@ def configure_logging(level: str, env: Mapping[str, str] = os.environ,
     stream = sys.stderr if stream is None else stream
     root = logging.getLogger()
     root.setLevel(parse_level(level))
-    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+    for handler in [h for h in root.handlers
+                    if h.get_name() in (HANDLER_NAME, JOURNAL_HANDLER_NAME)]:
         root.removeHandler(handler)
         handler.close()
     handler = logging.StreamHandler(stream)
     handler.set_name(HANDLER_NAME)
-    handler.setFormatter(JournalFormatter() if is_journal_stream(stream, env)
-                         else logging.Formatter(HUMAN_FORMAT))
+    journal = is_journal_stream(stream, env)
+    handler.setFormatter(JournalFormatter() if journal else logging.Formatter(HUMAN_FORMAT))
+    if not journal:
+        root.addHandler(handler)
+        return
+    # Under systemd, records with fields of their own (the request log) go natively.
+    native = JournalHandler(handler, journal_socket)
+    native.set_name(JOURNAL_HANDLER_NAME)
+    native.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda record: not _has_fields(record))
     root.addHandler(handler)
+    root.addHandler(native)
 
 
 def set_level(level: str) -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any, Mapping
 
+from ollamad.series import Series
 from ollamad_client.protocol import Error
 
 #: Ops whose results count as model requests in the old client's figures.
@@ -96,8 +97,10 @@ class _Shares:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, max_tenant_labels: int = 20) -> None:
         self._lock = threading.Lock()
+        #: The labelled counters and histograms the Prometheus exposition shows.
+        self._series = Series(max_tenants=max_tenant_labels)
         self._started = time.time()
         self._total = self._ok = self._failed = 0
         self._time_sum = 0.0
@@ -114,8 +117,11 @@ class Metrics:
 
     def record(self, op: str, elapsed: float, *, result: Mapping[str, Any] | None = None,
                error: Error | None = None, lane: str | None = None,
-               tenant: Any = None) -> None:
+               tenant: Any = None, model: str | None = None) -> None:
         with self._lock:
+            self._series.request(op, model, lane, tenant.label() if tenant is not None else None,
+                                 "ok" if error is None else error.code.value, elapsed, result,
+                                 op in MODEL_OPS)
             counts = self._ops.setdefault(op, {"count": 0, "errors": 0})
             counts["count"] += 1
             if error is not None:
@@ -145,8 +151,19 @@ class Metrics:
         with self._lock:
             if lane is not None:
                 self._lanes(lane).waits.append(seconds)
+                self._series.waited(lane, seconds)
             if tenant is not None:
                 self._tenants(tenant).waits.append(seconds)
+
+    def first_token(self, lane: str | None, seconds: float) -> None:
+        """A generation's first token came ``seconds`` after the daemon received it."""
+        with self._lock:
+            self._series.first_token_after(lane or "", seconds)
+
+    def series(self) -> dict[str, Any]:
+        """The labelled counters and histograms (:meth:`ollamad.series.Series.snapshot`)."""
+        with self._lock:
+            return self._series.snapshot()
 
     def shares(self) -> tuple[dict[str, dict[str, Any]], list[tuple[Any, dict[str, Any]]]]:
         """The figures per lane, and per tenant (tenant, figures)."""

@@ -1,8 +1,73 @@
-"""Human-readable tables for the operator commands (``--json`` bypasses this)."""
+"""Human-readable tables for the operator commands (``--json`` bypasses this).
+
+Times read as people read them (``2026-12-02 04:50:01 UTC (3 min ago)``,
+``up 2 h 5 min``), loaded models as ``ollama ps`` shows them (``UNTIL``, and
+``PROCESSOR`` as ``100% GPU`` or ``48%/52% CPU/GPU``), and every state that
+needs an operator says what to run.
+"""
 
 from __future__ import annotations
 
+import datetime
+import re
+import time
 from typing import Any, Iterable, Mapping, Sequence
+
+#: Expiry years from here on are Ollama's "for ever" (keep_alive -1).
+FOREVER_YEAR = 2200
+
+
+def duration(seconds: Any) -> str:
+    """``29 s``, ``3 min 5 s``, ``2 h 4 min``, ``3 d 2 h``."""
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    whole = int(seconds)
+    for size, unit, smaller, small_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "min"),
+                                            (60, "min", 1, "s")):
+        if whole >= size:
+            rest = (whole % size) // smaller
+            return f"{whole // size} {unit}" + (f" {rest} {small_unit}" if rest else "")
+    return f"{seconds:.1f} s" if seconds < 10 else f"{whole} s"
+
+
+def moment(wall: Any, now: float | None = None) -> str:
+    """A wall-clock time: ISO in UTC, and how long ago (or from now)."""
+    if not isinstance(wall, (int, float)):
+        return "-"
+    now = time.time() if now is None else now
+    stamp = datetime.datetime.fromtimestamp(wall, datetime.timezone.utc)
+    delta = now - wall
+    relative = f"{duration(delta)} ago" if delta >= 0 else f"in {duration(-delta)}"
+    return f"{stamp:%Y-%m-%d %H:%M:%S} UTC ({relative})"
+
+
+def until(expires_at: Any, now: float | None = None) -> str:
+    """``ollama ps``'s UNTIL: when a loaded model is unloaded (``forever``, ``in 29 min``)."""
+    if not isinstance(expires_at, str) or not expires_at:
+        return "-"
+    # Go writes nanoseconds; Python reads at most microseconds.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", expires_at.replace("Z", "+00:00"))
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return expires_at
+    if when.year >= FOREVER_YEAR:
+        return "forever"
+    left = when.timestamp() - (time.time() if now is None else now)
+    return f"in {duration(left)}" if left > 0 else "now"
+
+
+def processor(model: Mapping[str, Any]) -> str:
+    """``ollama ps``'s PROCESSOR: ``100% GPU``, ``100% CPU`` or ``48%/52% CPU/GPU``."""
+    share = model.get("gpu_share")
+    if share is None:
+        return "-"
+    gpu = round(100 * share)
+    if gpu >= 100:
+        return "100% GPU"
+    if gpu <= 0:
+        return "100% CPU"
+    return f"{100 - gpu}%/{gpu}% CPU/GPU"
 
 
 def _size(n: Any) -> str:
@@ -59,8 +124,15 @@ def health(result: Mapping[str, Any]) -> str:
     lines = [f"{result.get('status', 'unknown').upper()}"]
     lines += [f"  - {reason}" for reason in result.get("reasons", [])]
     ollama = result.get("ollama") or {}
-    lines.append(f"Ollama: {ollama.get('state')} (pid {ollama.get('pid')}, {ollama.get('url')}, "
-                 f"{ollama.get('restarts')} restarts)")
+    where = ", ".join(part for part in (
+        f"pid {ollama['pid']}" if ollama.get("pid") else None, ollama.get("url"),
+        f"{ollama.get('restarts')} restarts" if ollama.get("restarts") is not None else None)
+        if part)
+    lines.append(f"Ollama: {ollama.get('state')}" + (f" ({where})" if where else ""))
+    if ollama.get("state") == "FATAL":
+        lines.append("  Ollama gave up after repeated failures. Fix the cause (the reason "
+                     "above, `journalctl -u ollamad`), then run `ollamad restart` as root or a "
+                     "member of admin_group.")
     lines.append(f"GPU: {_gpu_summary(result.get('gpu') or {})}")
     return "\n".join(lines)
 
@@ -70,19 +142,27 @@ def status(result: Mapping[str, Any]) -> str:
     ollama = result.get("ollama") or {}
     last_exit = ollama.get("last_exit") or {}
     process = ollama.get("process") or {}
+    exit_text = None
+    if last_exit:
+        how = ", ".join(f"{k} {v}" for k, v in last_exit.items() if k != "at")
+        exit_text = f"{how}, {moment(last_exit.get('at'))}" if last_exit.get("at") else how
     text = _pairs([
         ("ollamad", f"{daemon.get('state')} (pid {daemon.get('pid')}, version "
-                    f"{daemon.get('version')}, up {daemon.get('uptime_s')} s)"),
+                    f"{daemon.get('version')}, up {duration(daemon.get('uptime_s'))})"),
         ("socket", daemon.get("socket")),
         ("workers", f"{daemon.get('busy_workers')}/{daemon.get('workers')} busy, queue "
                     f"{daemon.get('queue_depth')}/{daemon.get('queue_capacity')}"),
         ("health", (result.get("health") or {}).get("status")),
-        ("ollama", f"{ollama.get('state')} ({ollama.get('mode')} mode)"),
+        ("ollama", f"{ollama.get('state')} ({ollama.get('mode')} mode"
+                   + (f", version {ollama['version']}" if ollama.get("version") else "") + ")"
+                   + ("; run `ollamad restart` once the cause is fixed"
+                      if ollama.get("state") == "FATAL" else "")),
         ("ollama pid", ollama.get("pid")),
         ("ollama url", ollama.get("url")),
-        ("uptime", f"{ollama.get('uptime_s')} s" if ollama.get("uptime_s") is not None else None),
+        ("ollama up", duration(ollama.get("uptime_s")) if ollama.get("uptime_s") is not None
+         else None),
         ("restarts", ollama.get("restarts")),
-        ("last exit", ", ".join(f"{k} {v}" for k, v in last_exit.items()) or None),
+        ("last exit", exit_text),
         ("last reason", ollama.get("last_reason")),
         ("fatal", ollama.get("fatal_reason")),
         ("process", f"{_size(process.get('rss_bytes'))} RSS, {process.get('cpu_percent')} % CPU, "
@@ -93,13 +173,17 @@ def status(result: Mapping[str, Any]) -> str:
     ])
     models = ollama.get("models") or []
     if models:
-        text += "\n\n" + _table(("LOADED MODEL", "SIZE", "VRAM", "ON GPU"),
-                                [(m.get("name"), _size(m.get("size")), _size(m.get("size_vram")),
-                                  "yes" if m.get("on_gpu") else "no") for m in models])
+        text += "\n\n" + _loaded(models)
     scheduling = result.get("scheduling")
     if scheduling:
         text += "\n\n" + _sharing(scheduling.get("lanes") or {}, scheduling.get("tenants") or [])
     return text
+
+
+def _loaded(models: Sequence[Mapping[str, Any]]) -> str:
+    return _table(("LOADED MODEL", "SIZE", "VRAM", "PROCESSOR", "CONTEXT", "UNTIL"),
+                  [(m.get("name"), _size(m.get("size")), _size(m.get("size_vram")), processor(m),
+                    m.get("context_length"), until(m.get("expires_at"))) for m in models])
 
 
 def _wait(figures: Mapping[str, Any]) -> str:
@@ -130,10 +214,15 @@ def metrics(result: Mapping[str, Any]) -> str:
         ("latency", f"p50 {latency.get('p50', 0):.3f} s, p95 {latency.get('p95', 0):.3f} s, "
                     f"p99 {latency.get('p99', 0):.3f} s"),
         ("tokens/s", result.get("tokens_per_second")),
+        ("retried", f"{result.get('retried_requests', 0)} requests needed more than one attempt"),
+        ("busy", f"{result.get('rejected_busy', 0)} refused (a queue full)"),
+        ("errors", ", ".join(f"{code} {n}" for code, n in sorted(
+            (result.get("errors") or {}).items())) or "none"),
         ("queue depth", result.get("queue_depth")),
         ("in flight", result.get("in_flight")),
         ("dropped msgs", result.get("dropped_messages")),
         ("ollama restarts", result.get("ollama_restarts")),
+        ("up", duration(result.get("uptime_s"))),
     ])
     ops = result.get("ops") or {}
     if ops:
@@ -146,6 +235,14 @@ def metrics(result: Mapping[str, Any]) -> str:
 
 def models(result: Mapping[str, Any]) -> str:
     loaded = {m.get("name"): m for m in result.get("loaded", [])}
-    rows = [(m.get("name"), _size(m.get("size")), (m.get("details") or {}).get("parameter_size"),
-             "yes" if m.get("name") in loaded else "no") for m in result.get("models", [])]
-    return _table(("MODEL", "SIZE", "PARAMS", "LOADED"), rows)
+    rows = []
+    for m in result.get("models", []):
+        ps = loaded.get(m.get("name"))
+        if ps is not None:   # /api/ps items: size and size_vram give the split
+            size, vram = ps.get("size") or 0, ps.get("size_vram") or 0
+            where = processor({"gpu_share": vram / size if size else None})
+        rows.append((m.get("name"), _size(m.get("size")),
+                     (m.get("details") or {}).get("parameter_size"),
+                     where if ps is not None else "no",
+                     until(ps.get("expires_at")) if ps is not None else "-"))
+    return _table(("MODEL", "SIZE", "PARAMS", "LOADED", "UNTIL"), rows)

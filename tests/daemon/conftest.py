@@ -12,6 +12,7 @@ import re
 import resource
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -209,6 +210,19 @@ def daemon_factory(reaper, short_tmp):
                 daemon.stop(timeout=15)
             except subprocess.TimeoutExpired:
                 pass
+
+
+@pytest.fixture
+def crash_looping(daemon_factory, short_tmp):
+    """``make(max_restarts)``: a daemon whose Ollama exits 3 at once, every time (FATAL soon)."""
+    def make(max_restarts: int) -> DaemonUnderTest:
+        script = short_tmp / "crash.py"
+        script.write_text("import sys\nsys.stderr.write('boom\\n')\nsys.exit(3)\n")
+        return daemon_factory({"ollama": {
+            "stand_in": False, "command": f"{sys.executable} {script}",
+            "max_restarts": max_restarts, "restart_window": 60.0,
+            "restart_backoff_initial": 0.05, "restart_backoff_max": 0.1}}, ready=False)
+    return make
 
 
 @pytest.fixture

@@ -155,14 +155,8 @@ def test_requests_during_a_restart_wait_for_running(daemon_factory, reaper):
     assert daemon.sent("after the restart")["prompt"] == "after the restart"
 
 
-def test_a_crash_loop_ends_fatal_and_health_says_why(daemon_factory, short_tmp, wait_for):
-    script = short_tmp / "crash.py"
-    script.write_text("import sys\nsys.stderr.write('boom\\n')\nsys.exit(3)\n")
-    import sys
-    daemon = daemon_factory({"ollama": {"stand_in": False, "command": f"{sys.executable} {script}",
-                                        "max_restarts": 2, "restart_window": 60.0,
-                                        "restart_backoff_initial": 0.05,
-                                        "restart_backoff_max": 0.1}}, ready=False)
+def test_a_crash_loop_ends_fatal_and_health_says_why(crash_looping, wait_for):
+    daemon = crash_looping(max_restarts=2)
     client = daemon.client(timeout=5.0)
     wait_for(lambda: _state(client) == "FATAL", 20, "FATAL")
     health = client.health()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 
 import pytest
 
@@ -18,7 +19,7 @@ def restore_root_logger():
     root = logging.getLogger()
     level = root.level
     yield
-    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+    for handler in [h for h in root.handlers if (h.get_name() or "").startswith(HANDLER_NAME)]:
         root.removeHandler(handler)
         handler.close()
     root.setLevel(level)
@@ -106,3 +107,32 @@ def test_unknown_level_is_rejected():
     assert parse_level("Error") == logging.ERROR
     with pytest.raises(ValueError, match="verbose"):
         parse_level("verbose")
+
+
+def test_under_systemd_request_lines_go_to_the_journal_with_fields_of_their_own(log_file, tmp_path):
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(str(tmp_path / "journal.sock"))
+    journal.settimeout(5)
+    try:
+        configure_logging("info", env=journal_env(log_file), stream=log_file,
+                          journal_socket=str(tmp_path / "journal.sock"))
+        logging.getLogger("ollamad.requests").info("request id=r1 result=ok", extra={
+            "journal_fields": {"OLLAMAD_REQUEST_ID": "r1", "OLLAMAD_RESULT": "ok",
+                               "OLLAMAD_NOTE": "two\nlines"}})
+        logging.getLogger("ollamad.test").info("plain")
+        entry = journal.recv(65536)
+    finally:
+        journal.close()
+    assert b"MESSAGE=request id=r1 result=ok\n" in entry and b"PRIORITY=6\n" in entry
+    assert b"OLLAMAD_REQUEST_ID=r1\n" in entry and b"OLLAMAD_RESULT=ok\n" in entry
+    # A value with a newline takes the protocol's length-prefixed form.
+    assert b"OLLAMAD_NOTE\n" + (9).to_bytes(8, "little") + b"two\nlines\n" in entry
+    assert written(log_file) == ["<6>ollamad.test: plain"]   # not twice
+
+
+def test_without_a_journal_socket_the_request_line_is_not_lost(log_file, tmp_path):
+    configure_logging("info", env=journal_env(log_file), stream=log_file,
+                      journal_socket=str(tmp_path / "absent.sock"))
+    logging.getLogger("ollamad.requests").info("request id=r2", extra={
+        "journal_fields": {"OLLAMAD_REQUEST_ID": "r2"}})
+    assert written(log_file) == ["<6>ollamad.requests: request id=r2"]

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from ollamad.cancellation import Cancellation
+from ollamad import requestlog
 from ollamad.metrics import Metrics
 from ollamad.scheduling.policy import Tenant
 from ollamad_client import protocol
@@ -67,6 +68,10 @@ class Exchange:
         #: Whose request it is and its lane, once admitted (model requests only).
         self.tenant: Tenant | None = None
         self.lane: str | None = None
+        #: The model it asks for, once its arguments are read (model requests only).
+        self.model: str | None = None
+        #: Seconds it waited for a worker (the first of a batch's items), once one took it.
+        self.queue_wait: float | None = None
         #: Bytes of the request message (for the daemon's bound on queued bytes).
         self.size = size
         #: Who may cancel it: the same connection, or on ipc the same uid.
@@ -87,6 +92,9 @@ class Exchange:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.received_at
 
     def admitted(self, tenant: Tenant, lane: str, timeout: float) -> None:
         """Admission named its tenant, lane and deadline (before it is queued or registered)."""
@@ -150,16 +158,18 @@ class Exchange:
     def resolve(self, result: Mapping[str, Any]) -> bool:
         if not self._claim():
             return False
-        elapsed = time.monotonic() - self.received_at
-        self._metrics.record(self.op, elapsed, result=result, lane=self.lane, tenant=self.tenant)
+        self._metrics.record(self.op, self.elapsed(), result=result, lane=self.lane,
+                             tenant=self.tenant, model=self.model)
+        requestlog.finished(self, result, "ok")
         self._deliver_final(lambda: protocol.encode_result(self.id, result))
         return True
 
     def reject(self, error: Error) -> bool:
         if not self._claim():
             return False
-        elapsed = time.monotonic() - self.received_at
-        self._metrics.record(self.op, elapsed, error=error, lane=self.lane, tenant=self.tenant)
+        self._metrics.record(self.op, self.elapsed(), error=error, lane=self.lane,
+                             tenant=self.tenant, model=self.model)
+        requestlog.finished(self, None, error.code.value)
         self._deliver_final(lambda: protocol.encode_error(self.id, error, attempts=self.attempts))
         return True
 
@@ -207,7 +217,7 @@ class BatchExchange(Exchange):
             self._items[index] = outcome
             self._missing -= 1
             complete = self._missing == 0
-        who = {"lane": self.lane, "tenant": self.tenant}
+        who = {"lane": self.lane, "tenant": self.tenant, "model": self.model}
         if outcome["ok"]:
             self._metrics.record("batch_item", outcome["result"].get("response_time", 0.0),
                                  result=outcome["result"], **who)

@@ -82,7 +82,13 @@ class Introspection:
         unhealthy, degraded = [], []
         if self._stopping():
             unhealthy.append("ollamad is shutting down")
-        if ollama.get("state") != "RUNNING":
+        starting_for = ollama.get("uptime_s")
+        if ollama.get("state") == "STARTING" and starting_for is not None \
+                and starting_for <= config.ollama.startup_timeout:
+            # Within its start limit, starting is what it should be doing: requests wait.
+            degraded.append(f"Ollama is STARTING ({starting_for:.0f} s of "
+                            f"ollama.startup_timeout {config.ollama.startup_timeout:g} s)")
+        elif ollama.get("state") != "RUNNING":
             why = ollama.get("fatal_reason") or ollama.get("last_reason")
             unhealthy.append(f"Ollama is {ollama.get('state')}" + (f": {why}" if why else ""))
         gpu = self._gpu.snapshot()

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 from ollamad import __version__, args
 from ollamad.backend import CallContext, OllamaBackend
+from ollamad.ollama import names
 from ollamad.retry import OllamaFailure
 from ollamad.scheduling import (INTERACTIVE, NOBODY, Admission, ProgressTracker, Refusal, Task,
                                 Ticket, WorkerPool)
@@ -96,6 +97,11 @@ class Dispatcher:
         exchange.admitted(ticket.tenant, self.pool.lane(ticket.lane), ticket.timeout)
         return ticket
 
+    def allowed(self, exchange: Exchange, body: Mapping[str, Any]) -> None:
+        """The model policy's check of what would go to Ollama; names the exchange's model."""
+        exchange.model = names.key(str(body.get("model") or ""))
+        self.admission.check_model(body, exchange.request)
+
     def submit(self, exchange: Exchange, tasks: list[Task]) -> None:
         reason = self.introspection.unavailable_reason()
         if reason:
@@ -122,23 +128,30 @@ class Dispatcher:
              finish: Callable[[Mapping[str, Any] | None, Error | None], None] | None = None) -> Task:
         """A pool task that runs ``work`` and finishes the exchange (or ``finish``)."""
 
-        def done(result: Mapping[str, Any] | None, error: Error | None, attempts: int,
+        def done(result: Mapping[str, Any] | None, error: Error | None, ctx: CallContext,
                  started: float) -> None:
             if result is not None and generation:
                 now = time.monotonic()
                 result = {**result, "response_time": round(now - exchange.received_at, 6),
                           "queue_wait": round(started - exchange.received_at, 6)}
+                if ctx.first_token_at is not None:
+                    first = ctx.first_token_at - exchange.received_at
+                    result["time_to_first_token"] = round(first, 6)
+                    self.metrics.first_token(exchange.lane, first)
             if finish is not None:
                 finish(result, error)
             elif error is None:
                 exchange.resolve(result or {})
             else:
-                exchange.attempts = attempts
+                exchange.attempts = ctx.attempts
                 exchange.reject(error)
 
         def run() -> None:
             started = time.monotonic()   # the end of this task's queue wait
-            self.metrics.waited(exchange.lane, exchange.tenant, started - exchange.received_at)
+            waited = started - exchange.received_at
+            self.metrics.waited(exchange.lane, exchange.tenant, waited)
+            if exchange.queue_wait is None:
+                exchange.queue_wait = waited
             ctx = CallContext(deadline=exchange.deadline, cancel=exchange.cancel,
                               waiting=lambda what: setattr(exchange, "waiting_for", what))
             if generation:
@@ -148,13 +161,13 @@ class Dispatcher:
                     ctx.on_chunk = lambda chunk: exchange.send_chunk(chunk, stall)
                 self.progress.begin()
             try:
-                done(work(ctx), None, ctx.attempts, started)
+                done(work(ctx), None, ctx, started)
             except OllamaFailure as failure:
-                done(None, failure.to_error(), ctx.attempts, started)
+                done(None, failure.to_error(), ctx, started)
             except Exception as exc:
                 log.exception("%s failed", exchange.op)
                 done(None, Error.of(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"),
-                     ctx.attempts, started)
+                     ctx, started)
             finally:
                 if generation:
                     self.progress.end()
@@ -193,7 +206,7 @@ def _busy(refusal: Refusal | None, max_queued_bytes: int, items: int) -> Error:
 @handles("generate")
 def _generate(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
     call = args.generate_call(d.admit(exchange, peer).args, d.defaults)
-    d.admission.check_model(call.body, exchange.request)
+    d.allowed(exchange, call.body)
     d.submit(exchange, [d.task(exchange, lambda ctx: d.backend.generate(ctx, call),
                                generation=True)])
 
@@ -201,7 +214,7 @@ def _generate(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
 @handles("chat")
 def _chat(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
     call = args.chat_call(d.admit(exchange, peer).args, d.defaults)
-    d.admission.check_model(call.body, exchange.request)
+    d.allowed(exchange, call.body)
     d.submit(exchange, [d.task(exchange, lambda ctx: d.backend.generate(ctx, call),
                                generation=True)])
 
@@ -212,7 +225,7 @@ def _batch(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
     request_args = d.admit(exchange, peer).args
     prompts = args.batch_prompts(request_args, d.limits.max_batch)
     calls = [args.generate_call(request_args, d.defaults, prompt=p) for p in prompts]
-    d.admission.check_model(calls[0].body, exchange.request)
+    d.allowed(exchange, calls[0].body)
 
     def item(index: int, call: args.GenerationCall) -> Task:
         def finish(result: Mapping[str, Any] | None, error: Error | None) -> None:
@@ -227,7 +240,7 @@ def _batch(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
 @handles("embed")
 def _embed(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
     body = args.embed_body(d.admit(exchange, peer).args, d.defaults, d.limits.max_embed_inputs)
-    d.admission.check_model(body, exchange.request)
+    d.allowed(exchange, body)
     d.submit(exchange, [d.task(exchange, lambda ctx: d.backend.embed(
         ctx, body, d.limits.max_reply_bytes))])
 

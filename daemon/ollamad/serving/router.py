@@ -141,7 +141,11 @@ class RouterSocket:
         assert self._path is not None
         directory = os.path.dirname(self._path) or "."
         if not os.path.isdir(directory):
-            raise BindError(f"cannot bind ipc://{self._path}: directory {directory} does not exist")
+            raise BindError(
+                f"cannot bind ipc://{self._path}: directory {directory} does not exist. Under "
+                f"systemd the unit creates it (RuntimeDirectory=ollamad; `ollamad "
+                f"install-systemd`); by hand: `sudo install -d -m 0750 -o $USER {directory}`, "
+                f"or serve elsewhere: --socket ipc:///tmp/ollamad.sock")
         lock_path = self._path + ".lock"
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)

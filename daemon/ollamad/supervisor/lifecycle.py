@@ -56,6 +56,8 @@ class Lifecycle:
         self._health, self._system = health, system
         self._backoff_until = 0.0
         self._hang_reported = False
+        #: What the last failure was, for the restart it leads to (Report.restart_causes).
+        self._cause = "unknown"
 
     @property
     def _config(self) -> Config:
@@ -104,6 +106,8 @@ class Lifecycle:
                 raise StopRequested()
             if restart:
                 board.report.restarts += 1
+                causes = board.report.restart_causes
+                causes[self._cause] = causes.get(self._cause, 0) + 1
             board.restart_pending = False
             board.runs += 1
         self._set_state(State.STARTING, reason)
@@ -128,6 +132,7 @@ class Lifecycle:
             if url:
                 result = self._alive(url)
                 self._set_probe(probe_record(result))
+                self._cause = "startup"
                 if result.ok:
                     # Not necessarily from our server: another process may hold the port.
                     foreign = self._ollama.foreign_listener()
@@ -142,12 +147,17 @@ class Lifecycle:
                     return
             now = self._system.monotonic()
             if now >= started + timeout:
+                self._cause = "startup"
                 last = f" (last: {result.error})" if result else " (it never logged its port)"
                 self._failed_running(f"did not answer GET / within {timeout:g} s{last}")
                 return
             self._waiter.pause(min(now + STARTUP_POLL, started + timeout))
 
     def _became_running(self, url: str) -> None:
+        timeout = self._config.ollama.probe_timeout
+        found = self._waiter.wait_for(lambda: probes.version(url, timeout), timeout, None)
+        with self._board.cond:
+            self._board.report.version = found
         self._set_state(State.RUNNING)
         config = self._config
         # In the background: liveness probes go on while a big model loads.
@@ -176,6 +186,10 @@ class Lifecycle:
             # A stopped server answers nothing until continued: no point in probing it again.
             probe_failed = verdict.record is not None and not verdict.record["ok"]
             stopped = self._ollama.stopped() if probe_failed else None
+            if verdict.hung:
+                with board.cond:
+                    board.report.hang_verdicts += 1
+            self._cause = "stopped" if stopped else "hang" if verdict.hung else "probe"
             if stopped:
                 self._failed_running(stopped)
                 return
@@ -224,6 +238,7 @@ class Lifecycle:
         """The server exited by itself: sweep, reap, record, decide."""
         ended = self._halt(0.0)
         assert ended is not None   # only a server of ours exits by itself
+        self._cause = "exit"
         self._exited(ended.reason, ended.permanent)
 
     def _exited(self, reason: str, permanent: bool) -> None:
@@ -275,6 +290,7 @@ class Lifecycle:
     def _restart(self, reason: str) -> None:
         """An operator's (or a reload's) restart: from any state, no back-off, FATAL forgiven."""
         board = self._board
+        self._cause = "requested"
         with board.cond:
             board.policy.reset()
             board.report.fatal_reason = None

@@ -112,6 +112,13 @@ def alive(base_url: str, timeout: float) -> ProbeResult:
     return _call("GET", base_url + "/", timeout, json_answer=False)
 
 
+def version(base_url: str, timeout: float) -> str | None:
+    """Ollama's version (``GET /api/version``), or None when it does not say."""
+    result = _call("GET", base_url + "/api/version", timeout)
+    data = result.data if result.ok and isinstance(result.data, dict) else {}
+    return data.get("version") if isinstance(data.get("version"), str) else None
+
+
 def infer(base_url: str, model: str, keep_alive: str, runner_options: dict[str, Any],
           timeout: float) -> ProbeResult:
     # keep_alive is passed so that the probe does not shorten the model's

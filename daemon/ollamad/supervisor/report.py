@@ -14,6 +14,12 @@ from typing import Any
 class Report:
     def __init__(self) -> None:
         self.restarts = 0
+        #: Restarts by what caused them: exit, hang, probe, stopped, startup, requested.
+        self.restart_causes: dict[str, int] = {}
+        #: Probe rounds that found Ollama hung (acted on or, in external mode, reported).
+        self.hang_verdicts = 0
+        #: What ``GET /api/version`` said when this Ollama became RUNNING.
+        self.version: str | None = None
         self.orphans_swept = 0
         self.last_exit: dict | None = None        # {"code"|"signal": n, "at": wall time}
         self.last_reason: str | None = None
@@ -33,7 +39,7 @@ class Report:
 
     def gone(self) -> None:
         """Ollama is not running: nothing is loaded and there is no process to describe."""
-        self.models, self.process, self.up_since = [], None, None
+        self.models, self.process, self.up_since, self.version = [], None, None, None
 
     def snapshot(self, *, mode: str, state: str, pid: int | None, url: str | None,
                  command: str | None, now: float, restarts_in_window: int) -> dict[str, Any]:
@@ -45,6 +51,9 @@ class Report:
             "command": command,
             "uptime_s": None if self.up_since is None else round(now - self.up_since, 3),
             "restarts": self.restarts,
+            "restart_causes": self.restart_causes,
+            "hang_verdicts": self.hang_verdicts,
+            "version": self.version,
             "restarts_in_window": restarts_in_window,
             "last_exit": self.last_exit,
             "last_reason": self.last_reason,
