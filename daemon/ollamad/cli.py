@@ -80,6 +80,13 @@ HEALTH_UNKNOWN = 3
 EX_USAGE = 2
 
 
+def _health_exit(result: dict[str, Any]) -> int:
+    """Monitoring-plugin exit status; Ollama starting within its limit is only a warning."""
+    if (result.get("ollama") or {}).get("starting"):
+        return HEALTH_EXIT["degraded"]
+    return HEALTH_EXIT.get(result.get("status"), HEALTH_UNKNOWN)
+
+
 class UsageError(Exception):
     """A bad argument found after parsing (an endpoint that is none)."""
 
@@ -107,7 +114,7 @@ def _query(op: str, render: Callable[[dict[str, Any]], str]) -> Callable[[argpar
                 return HEALTH_UNKNOWN if op == "health" else 1
         print(json.dumps(result, indent=2, sort_keys=True) if ns.json else render(result))
         if op == "health":
-            return HEALTH_EXIT.get(result.get("status"), HEALTH_UNKNOWN)
+            return _health_exit(result)
         return 0
     return command
 

@@ -121,7 +121,9 @@ def _gpu_summary(summary: Mapping[str, Any]) -> str:
 
 
 def health(result: Mapping[str, Any]) -> str:
-    lines = [f"{result.get('status', 'unknown').upper()}"]
+    starting = (result.get("ollama") or {}).get("starting")
+    lines = ["STARTING (Ollama is starting; requests wait for it)" if starting
+             else f"{result.get('status', 'unknown').upper()}"]
     lines += [f"  - {reason}" for reason in result.get("reasons", [])]
     ollama = result.get("ollama") or {}
     where = ", ".join(part for part in (

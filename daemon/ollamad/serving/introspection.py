@@ -83,11 +83,11 @@ class Introspection:
         if self._stopping():
             unhealthy.append("ollamad is shutting down")
         starting_for = ollama.get("uptime_s")
-        if ollama.get("state") == "STARTING" and starting_for is not None \
-                and starting_for <= config.ollama.startup_timeout:
-            # Within its start limit, starting is what it should be doing: requests wait.
-            degraded.append(f"Ollama is STARTING ({starting_for:.0f} s of "
-                            f"ollama.startup_timeout {config.ollama.startup_timeout:g} s)")
+        starting = (ollama.get("state") == "STARTING" and starting_for is not None
+                    and starting_for <= config.ollama.startup_timeout)
+        if starting:
+            unhealthy.append(f"Ollama is STARTING ({starting_for:.0f} s of "
+                             f"ollama.startup_timeout {config.ollama.startup_timeout:g} s)")
         elif ollama.get("state") != "RUNNING":
             why = ollama.get("fatal_reason") or ollama.get("last_reason")
             unhealthy.append(f"Ollama is {ollama.get('state')}" + (f": {why}" if why else ""))
@@ -106,7 +106,10 @@ class Introspection:
         status = "unhealthy" if unhealthy else "degraded" if degraded else "healthy"
         return {"healthy": status == "healthy", "status": status, "reasons": unhealthy + degraded,
                 "ollama": {"state": ollama.get("state"), "pid": ollama.get("pid"),
-                           "url": ollama.get("url"), "restarts": ollama.get("restarts")},
+                           "url": ollama.get("url"), "restarts": ollama.get("restarts"),
+                           # Unhealthy only because Ollama is starting, within its limit:
+                           # monitoring treats that as a warning (`ollamad health` exits 1).
+                           "starting": starting and len(unhealthy) == 1},
                 "gpu": self._gpu.summary()}
 
     def _shares(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
