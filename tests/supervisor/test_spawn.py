@@ -101,7 +101,9 @@ def test_wedged_generation_is_detected_and_restarted(supervise, make_config, wai
     control(supervisor.url, "POST", {"kind": "hang", "count": None})
     assert requests.get(supervisor.url + "/", timeout=2).status_code == 200   # "/" still answers
 
-    snap = wait_for(lambda: (s := supervisor.snapshot())["pid"] != server and s, 10, "a restart")
+    # While the old server stops, pid is None: wait for the new one's.
+    snap = wait_for(lambda: (s := supervisor.snapshot())["pid"] not in (server, None) and s, 10,
+                    "a restart")
     detected = time.monotonic() - wedged_at
     settings = config.ollama
     # Next round (<= 1 interval) + the probe's time-out + stopping and starting the server.
