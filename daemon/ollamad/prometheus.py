@@ -220,6 +220,10 @@ class MetricsListener:
 
     def stop(self, timeout: float = 2.0) -> None:
         if self._thread.is_alive():
-            self._server.shutdown()
+            # shutdown() waits for serve_forever without a limit: wait for it in a helper.
+            stopper = threading.Thread(target=self._server.shutdown, name="metrics-stop",
+                                       daemon=True)
+            stopper.start()
+            stopper.join(timeout)
             self._thread.join(timeout)
         self._server.server_close()
