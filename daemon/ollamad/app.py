@@ -42,7 +42,7 @@ from ollamad.serving.ops import Dispatcher
 from ollamad.serving.outbox import Outbox
 from ollamad.serving.registry import OpenRequests
 from ollamad.prometheus import Collector, MetricsListener
-from ollamad.serving.router import BindError, Peer, RouterSocket
+from ollamad.serving.router import BindError, Peer, RouterSocket, ipc_path, socket_group_id
 from ollamad.supervisor import Supervisor, SupervisorError
 from ollamad_client.protocol import Error, ErrorCode
 
@@ -147,9 +147,12 @@ class Daemon:
         if self.requests.max_connections < self.config.max_connections:
             log.warning("max_connections lowered to %d: the open-file limit is %d (raise "
                         "LimitNOFILE=)", self.requests.max_connections, files)
+        socket_gid = socket_group_id(self.config.socket_group) if ipc_path(self.config.socket) \
+            else None
         self._context = zmq.Context()
         self._router = RouterSocket(self._context, self.config.socket,
-                                    self.config.max_message_bytes, self.config.socket_mode)
+                                    self.config.max_message_bytes, self.config.socket_mode,
+                                    socket_gid=socket_gid)
         self._loop = IOLoop(self._router, self.dispatcher, self.request_metrics, self.requests,
                             self.outbox, self.notifier, on_signal=self._on_signal,
                             housekeeping=self._housekeeping, threads_alive=self.threads_alive)

@@ -64,6 +64,9 @@ def _serve(ns: argparse.Namespace) -> int:
     daemon = Daemon(config, reload_config=load)
     try:
         daemon.bind()
+    except config_mod.ConfigError as exc:
+        print(f"ollamad: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
     except SupervisorError as exc:
         print(f"ollamad: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,11 @@ class OllamaSettings:
     client_runner_options: bool = setting(False, "let clients set runner options (num_ctx, "
                                           "num_gpu, ...) other than the configured ones; each "
                                           "change reloads the model: for single-tenant hosts")
+    pass_environment: tuple = setting((), "variables of the daemon's environment a spawned "
+                                      "Ollama also gets (a name, or a prefix ending in *), "
+                                      "beyond OLLAMA_*, CUDA_*, NVIDIA_*, PATH, HOME, LANG, "
+                                      "TZ, the proxy variables and the others the README "
+                                      "lists", applies=OLLAMA)
     startup_timeout: float = setting(60.0, "seconds Ollama may take to answer GET / after a "
                                      "start", above=0, high=3600)
     stop_grace: float = setting(10.0, "seconds between SIGTERM and SIGKILL when stopping Ollama",
@@ -153,6 +159,9 @@ class Config:
                           "tcp://)", applies=DAEMON)
     socket_mode: int = setting(0o660, "mode of an ipc socket file: owner and group may connect",
                                low=0, high=0o777, applies=DAEMON, shown=lambda v: f'"{v:04o}"')
+    socket_group: str = setting("", "group of an ipc socket file (the unit's users join "
+                                "it); empty: the daemon's own group. The daemon's user must "
+                                "be a member", applies=DAEMON)
     runtime_dir: str = setting("", "where ollamad records the Ollama it runs, so that the next "
                                "ollamad stops it after a crash; empty: the ipc socket's "
                                "directory, else $RUNTIME_DIRECTORY, else /run/ollamad",
@@ -251,9 +260,17 @@ RULES = [
          'must be a Go duration with a unit ("1h", "-1s" for no limit)'),
     Rule(("metrics.listen",), lambda c: not c.metrics.listen or _host_port(c.metrics.listen),
          'must be HOST:PORT ("127.0.0.1:9464", "[::1]:9464"), or empty for no listener'),
+    Rule(("ollama.pass_environment",),
+         lambda c: all(_VARIABLE_PATTERN.fullmatch(p) for p in c.ollama.pass_environment),
+         'must list variable names or prefixes ending in * ("HF_HOME", "MY_CA_*")'),
     Rule(("socket",), lambda c: c.socket.startswith(("ipc://", "tcp://")),
          "must be an ipc:// or tcp:// endpoint"),
 ]
+
+
+#: An entry of ``ollama.pass_environment``: a name, or a prefix ending in ``*``
+#: (:mod:`ollamad.supervisor.environment`).
+_VARIABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
 
 
 def _host_port(text: str) -> tuple[str, int] | None:

@@ -6,8 +6,11 @@ copy can install itself:
 - `/etc/systemd/system/ollamad.service`, its ExecStart= pointing at the
   `ollamad` executable of this virtual environment (or `PREFIX/bin/ollamad`),
 - `/etc/sysusers.d/ollamad.conf` and `/etc/tmpfiles.d/ollamad.conf`,
-- `/etc/ollamad/ollamad.toml`, the example config, never replacing an existing
-  one unless `--force`.
+- `/etc/ollamad/ollamad.toml`, the example config with the groups the
+  sysusers.d file creates (``socket_group``, ``admin_group``), never
+  replacing an existing one unless `--force`,
+- with `--pulling`, the drop-in a host that pulls models needs
+  (`/etc/systemd/system/ollamad.service.d/ollamad-pulling.conf`).
 
 Under `--root DIR` the files are staged below DIR and nothing else happens.
 With the real root it then runs `systemd-sysusers` and
@@ -32,6 +35,9 @@ UNIT_PATH = PurePosixPath("/etc/systemd/system/ollamad.service")
 SYSUSERS_PATH = PurePosixPath("/etc/sysusers.d/ollamad.conf")
 TMPFILES_PATH = PurePosixPath("/etc/tmpfiles.d/ollamad.conf")
 CONFIG_PATH = PurePosixPath("/etc/ollamad/ollamad.toml")
+PULLING_PATH = PurePosixPath("/etc/systemd/system/ollamad.service.d/ollamad-pulling.conf")
+#: The groups of the shipped sysusers.d file, set in the installed config.
+INSTALLED_SETTINGS = {"socket_group": "ollamad-clients", "admin_group": "ollamad-admin"}
 
 #: Shipped file name → where it goes on the target system.
 SHIPPED_FILES = {
@@ -50,16 +56,24 @@ SYSTEM_COMMANDS = (
 )
 COMMAND_TIMEOUT_S = 60
 
-#: ProtectHome=yes in the unit hides these from the service.
-HIDDEN_FROM_SERVICE = (PurePosixPath("/home"), PurePosixPath("/root"), PurePosixPath("/run/user"))
+#: Directories the unit's own settings hide from the service, and the setting.
+HIDDEN_FROM_SERVICE = {
+    PurePosixPath("/home"): "ProtectHome=yes",
+    PurePosixPath("/root"): "ProtectHome=yes",
+    PurePosixPath("/run/user"): "ProtectHome=yes",
+    # The service gets empty private ones.
+    PurePosixPath("/tmp"): "PrivateTmp=yes",
+    PurePosixPath("/var/tmp"): "PrivateTmp=yes",
+}
 
 NEXT_STEPS = """\
 Next steps:
   systemctl enable --now ollamad
-  usermod -aG ollamad APPUSER     # for each user whose apps use ollamad (takes effect at next login)
+  usermod -aG ollamad-clients APPUSER   # for each user whose apps use ollamad (takes effect at next login)
+  usermod -aG ollamad-admin OPERATOR   # for each user who may restart Ollama and pull models
   ollamad status
-Model pulls need the network, which the unit limits to localhost:
-  systemctl edit ollamad          # add: [Service] IPAddressAllow=any"""
+Model pulls need the network, which the unit keeps private to the service:
+  ollamad install-systemd --pulling    # the pulling drop-in; read its trade-off"""
 
 #: Where Ollama's own installer or a distribution package puts ollama.service.
 OLLAMA_UNIT_PATHS = (PurePosixPath("/etc/systemd/system/ollama.service"),
@@ -94,9 +108,23 @@ def example_config_text() -> str:
     return example_toml()
 
 
-def hidden_from_service(path: PurePosixPath) -> bool:
-    """Whether ProtectHome=yes hides `path` from the service."""
-    return any(path == hidden or hidden in path.parents for hidden in HIDDEN_FROM_SERVICE)
+def installed_config_text() -> str:
+    """The example config with the shipped groups set (:data:`INSTALLED_SETTINGS`)."""
+    text = example_config_text()
+    for key, value in INSTALLED_SETTINGS.items():
+        default = f'\n# {key} = ""\n'
+        if text.count(default) != 1:
+            raise RuntimeError(f"example config has no single {default.strip()!r} line")
+        text = text.replace(default, f'\n{key} = "{value}"\n')
+    return text
+
+
+def hiding_setting(path: PurePosixPath) -> str | None:
+    """The unit setting that hides `path` from the service, or None."""
+    for hidden, setting in HIDDEN_FROM_SERVICE.items():
+        if path == hidden or hidden in path.parents:
+            return setting
+    return None
 
 
 def interpreter_of(script: Path) -> Path | None:
@@ -111,20 +139,25 @@ def interpreter_of(script: Path) -> Path | None:
     return Path(os.fsdecode(first_line[2:].split()[0])).resolve()
 
 
-def unreachable_reason(executable: Path, on_this_system: bool) -> str | None:
+def unreachable_reason(executable: Path, on_this_system: bool,
+                       package: Path | None = None) -> str | None:
     """Why the service could not run `executable`, or None.
 
     Staged files (`on_this_system` False) run elsewhere: there only a path
-    that ProtectHome= hides is surely wrong.
+    the unit hides is surely wrong. `package` is where the ollamad package
+    the executable imports lives, when known (an editable install's source).
     """
     if on_this_system and not executable.exists():
         return f"{executable} does not exist"
     interpreter = interpreter_of(executable) if on_this_system else None
-    for path in (executable, interpreter):
-        if path is not None and hidden_from_service(PurePosixPath(path)):
-            return (f"{path} is below /home, /root or /run/user, which the unit hides "
-                    "(ProtectHome=yes); install ollamad into a virtual environment "
-                    "under /opt, e.g. python3 -m venv /opt/ollamad")
+    for what, path in (("the executable", executable), ("its interpreter", interpreter),
+                       ("the ollamad package", package)):
+        setting = hiding_setting(PurePosixPath(path)) if path is not None else None
+        if setting:
+            return (f"{what} {path} is below a directory the unit hides ({setting}); "
+                    "install ollamad into a virtual environment under /opt, from a Python "
+                    "that is not under /home, /root or /tmp either (a venv's python links "
+                    "to it), e.g. /usr/bin/python3 -m venv /opt/ollamad")
     return None
 
 
@@ -176,6 +209,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "systemctl daemon-reload")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing /etc/ollamad/ollamad.toml")
+    parser.add_argument("--pulling", action="store_true",
+                        help="also install the drop-in a host that pulls models needs "
+                             f"({PULLING_PATH}): the service leaves its private network, "
+                             "so Ollama's port is on the host's loopback again")
     return parser.parse_args(argv)
 
 
@@ -189,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: installing into / needs root (or stage the files with --root DIR)",
               file=sys.stderr)
         return 1
-    reason = unreachable_reason(executable, installing_on_this_system)
+    # This venv's own package, when it is the one the unit will run.
+    package = Path(__file__).resolve().parent if installing_on_this_system and not args.prefix \
+        else None
+    reason = unreachable_reason(executable, installing_on_this_system, package)
     if reason:
         print(f"error: the service cannot run ollamad: {reason}", file=sys.stderr)
         return 1
@@ -211,9 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kept existing {config} (--force replaces it)")
     else:
         # 0640: tmpfiles.d then gives it to group ollamad so the daemon can read it.
-        write_file(config, example_config_text(), 0o640)
+        write_file(config, installed_config_text(), 0o640)
         print(f"wrote {config}")
 
+    if args.pulling:
+        write_file(target(PULLING_PATH), shipped_text("ollamad-pulling.conf"), 0o644)
+        print(f"wrote {target(PULLING_PATH)}")
     if installing_on_this_system and not args.no_reload:
         if not all(run_command(command) for command in SYSTEM_COMMANDS):
             return 1

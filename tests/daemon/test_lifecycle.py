@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -12,13 +14,66 @@ import threading
 import time
 
 import psutil
+import pytest
 
+from ollamad.configspec import ConfigError
+from ollamad.serving.router import socket_group_id
 from ollamad_client import OllamadError
 
 
 def test_socket_mode_lets_owner_and_group_connect_and_nobody_else(daemon):
     mode = stat.S_IMODE(os.stat(daemon.socket[len("ipc://"):]).st_mode)
     assert mode == 0o660
+
+
+def connect_without_file_capabilities(endpoint: str, groups: list[int]) -> subprocess.CompletedProcess:
+    """A client run as root without the capabilities that bypass file permissions and
+    with exactly `groups` as its groups (root can still read the test's venv)."""
+    group_args = [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+    return subprocess.run(
+        ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all",
+         *group_args, sys.executable, "-m", "ollamad", "status", "--socket",
+         endpoint, "--timeout", "2"], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run a client in chosen groups")
+def test_socket_group_is_the_group_that_may_connect(daemon_factory):
+    group = grp.getgrgid(65534).gr_name      # nogroup: a group no test process is in
+    daemon = daemon_factory({"socket_group": group})
+    path = daemon.socket[len("ipc://"):]
+    info = os.stat(path)
+    assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 0o660)
+    # The owner's bits no longer apply to root once the file is nobody's.
+    os.chown(path, 65534, -1)
+    member = connect_without_file_capabilities(daemon.socket, [65534])
+    assert member.returncode == 0 and "serving" in member.stdout, member.stderr
+    outsider = connect_without_file_capabilities(daemon.socket, [])
+    assert outsider.returncode == 1 and f"group {group!r}" in outsider.stderr, outsider.stderr
+
+
+def test_an_unknown_socket_group_is_a_config_error(reaper, short_tmp):
+    config = short_tmp / "ollamad.toml"
+    config.write_text('socket_group = "no-such-group-here"\n[ollama]\nstand_in = true\n')
+    proc = reaper.python("-m", "ollamad", "serve", "--config", str(config), "--socket",
+                         f"ipc://{short_tmp}/s.sock", stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 78, err
+    assert b"socket_group: there is no group 'no-such-group-here'" in err
+    assert not os.path.exists(short_tmp / "s.sock")
+
+
+def test_a_socket_group_the_daemon_is_not_in_is_a_config_error(monkeypatch):
+    group = grp.getgrgid(65534).gr_name
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getegid", lambda: 1000)
+    monkeypatch.setattr(os, "getgroups", lambda: [1000, 44])
+    with pytest.raises(ConfigError, match=f"not a member of group '{group}'.*SupplementaryGroups="):
+        socket_group_id(group)
+    monkeypatch.setattr(os, "getgroups", lambda: [1000, 65534])
+    assert socket_group_id(group) == 65534
+    assert socket_group_id("") is None
 
 
 def test_a_second_daemon_on_the_same_socket_refuses_and_says_why(daemon, reaper):

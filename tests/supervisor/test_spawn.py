@@ -207,12 +207,19 @@ def test_port_in_use_is_fatal_at_once_and_names_the_holder(supervise, make_confi
     assert len(system.spawned) == 1 and snap["restarts"] == 0
 
 
-def test_stop_leaves_nothing_and_the_child_env_is_scrubbed(supervise, make_config, wait_for,
-                                                           monkeypatch):
-    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
-    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
-    monkeypatch.setenv("LISTEN_FDS", "1")
-    supervisor, system, states = supervise(make_config(workers=3))
+def test_stop_leaves_nothing_and_the_child_env_is_an_allowlist(supervise, make_config, wait_for,
+                                                               monkeypatch):
+    for name, value in {"NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "1000000",
+                        "LISTEN_FDS": "1", "CREDENTIALS_DIRECTORY": "/run/credentials/ollamad",
+                        "AWS_SECRET_ACCESS_KEY": "s3cr3t", "HF_TOKEN": "hf_x", "HF_HOME": "/hf",
+                        "MY_CA_BUNDLE": "/ca.pem", "CUDA_VISIBLE_DEVICES": "1",
+                        "NVIDIA_DRIVER_CAPABILITIES": "compute", "OLLAMA_DEBUG": "1",
+                        "HTTPS_PROXY": "http://proxy:3128", "LC_ALL": "C.UTF-8"}.items():
+        monkeypatch.setenv(name, value)
+    config = make_config(workers=3)
+    config = config.replace(ollama=dataclasses.replace(config.ollama,
+                                                       pass_environment=("HF_HOME", "MY_CA_*")))
+    supervisor, system, states = supervise(config)
     running(supervisor, wait_for)
     snap = with_runner(supervisor, wait_for)
     server = snap["pid"]
@@ -220,7 +227,12 @@ def test_stop_leaves_nothing_and_the_child_env_is_scrubbed(supervise, make_confi
     assert supervisor.ollama_pids() == {server, *runners}
     with open(f"/proc/{server}/environ", "rb") as environ:
         env = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if item)
-    assert b"NOTIFY_SOCKET" not in env and b"WATCHDOG_USEC" not in env and b"LISTEN_FDS" not in env
+    for dropped in (b"NOTIFY_SOCKET", b"WATCHDOG_USEC", b"LISTEN_FDS", b"CREDENTIALS_DIRECTORY",
+                    b"AWS_SECRET_ACCESS_KEY", b"HF_TOKEN"):
+        assert dropped not in env, dropped
+    for kept in (b"PATH", b"CUDA_VISIBLE_DEVICES", b"NVIDIA_DRIVER_CAPABILITIES", b"OLLAMA_DEBUG",
+                 b"HTTPS_PROXY", b"LC_ALL", b"HF_HOME", b"MY_CA_BUNDLE"):
+        assert kept in env, kept
     assert env[b"OLLAMA_HOST"] == b"127.0.0.1:0" and env[b"OLLAMA_NUM_PARALLEL"] == b"4"
 
     supervisor.stop(10.0)

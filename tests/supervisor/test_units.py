@@ -8,7 +8,7 @@ from collections import namedtuple
 
 import pytest
 
-from ollamad.config import Config, OllamaSettings
+from ollamad.config import Config, ConfigError, OllamaSettings, load
 from ollamad.supervisor import State, SupervisorError, probes
 from ollamad.supervisor.listeners import takes_connections
 from ollamad.supervisor.policy import RestartPolicy
@@ -154,3 +154,32 @@ def test_check_command_rejects_a_missing_restart_command():
 def test_describe_exit():
     assert describe_exit(3) == "exit code 3"
     assert describe_exit(-9) == "killed by signal 9 (SIGKILL)"
+
+
+def test_child_env_passes_only_the_allowlist_and_what_the_config_adds():
+    environ = {"PATH": "/bin", "HOME": "/var/lib/ollamad", "TZ": "UTC", "OLLAMA_DEBUG": "1",
+               "CUDA_VISIBLE_DEVICES": "0", "HIP_VISIBLE_DEVICES": "0", "LC_ALL": "C",
+               "AWS_SECRET_ACCESS_KEY": "x", "HF_TOKEN": "x", "CREDENTIALS_DIRECTORY": "/c",
+               "PYTHONPATH": "/p", "OLLAMAD_STANDIN_TOKEN_DELAY": "0", "OLLAMAD_WORKERS": "2",
+               "HF_HOME": "/hf", "MY_CA_FILE": "/ca", "MY_CAT": "no"}
+    kept = {"PATH", "HOME", "TZ", "OLLAMA_DEBUG", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+            "LC_ALL"}
+    ollama = Config(ollama=OllamaSettings(url="http://127.0.0.1:5000"))
+    assert set(child_env(ollama, environ)) - set(DAEMON_SET) == kept
+    # The stand-in is a Python program with settings of its own; Ollama gets neither.
+    stand_in = ollama.replace(ollama=OllamaSettings(stand_in=True))
+    assert set(child_env(stand_in, environ)) - set(DAEMON_SET) == \
+        kept | {"PYTHONPATH", "OLLAMAD_STANDIN_TOKEN_DELAY"}
+    extra = ollama.replace(ollama=OllamaSettings(pass_environment=("HF_HOME", "MY_CA_*")))
+    assert set(child_env(extra, environ)) - set(DAEMON_SET) == kept | {"HF_HOME", "MY_CA_FILE"}
+
+
+DAEMON_SET = ("OLLAMA_HOST", "OLLAMA_NUM_PARALLEL", "OLLAMA_LOAD_TIMEOUT", "OLLAMA_CONTEXT_LENGTH")
+
+
+@pytest.mark.parametrize("entry", ["", "HF HOME", "*", "A*B", "1ABC", "HF_*_X"])
+def test_pass_environment_refuses_what_is_not_a_name_or_prefix(entry, tmp_path):
+    path = tmp_path / "ollamad.toml"
+    path.write_text(f'[ollama]\npass_environment = ["{entry}"]\n')
+    with pytest.raises(ConfigError, match="ollama.pass_environment"):
+        load(str(path), env={})

@@ -76,9 +76,23 @@ TEARDOWN_TIMEOUT_S = 10
 TOOL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_PAGER": "cat",
             "SYSTEMD_COLORS": "0", "LANG": "C.UTF-8"}
 
-#: Keeps a test fast: short probes and back-offs. Same keys as tests/daemon.
+#: Throw-away accounts added to the sandbox's passwd/group overlay, each a kind
+#: of local user: an app user, an operator, and someone in neither group.
+MEMBER, ADMIN, OUTSIDER = "e2e-member", "e2e-admin", "e2e-outsider"
+TEST_SYSUSERS = f"""\
+u {MEMBER} -
+m {MEMBER} ollamad-clients
+u {ADMIN} -
+m {ADMIN} ollamad-clients
+m {ADMIN} ollamad-admin
+u {OUTSIDER} -
+"""
+
+#: Keeps a test fast: short probes and back-offs. Same keys as tests/daemon;
+#: the groups as `ollamad install-systemd` writes them.
 CONFIG_TOML = f"""\
 socket = "ipc://{SOCKET_PATH}"
+{"".join(f'{key} = "{value}"{chr(10)}' for key, value in install.INSTALLED_SETTINGS.items())}\
 shutdown_grace = 3.0
 backoff_initial = 0.05
 backoff_max = 0.2
@@ -529,6 +543,30 @@ class Manager:
         assert ns_pid in processes, f"pid {ns_pid} is not in {UNIT} ({sorted(processes)})"
         return processes[ns_pid]
 
+    def group_id(self, name: str) -> int:
+        """A group's gid in the sandbox's group overlay."""
+        for line in (self.work / "root" / "etc" / "group").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == name:
+                return int(fields[2])
+        raise AssertionError(f"no group {name} in the overlay")
+
+    def as_user(self, user: str, *command: str,
+                timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+        """`command` in the manager's mount namespace (its passwd, group and /run), as
+        `user` with the groups the overlay gives it, on the host's network."""
+        assert self.pid is not None
+        pythonpath = ":".join(f"{NS_PYTHON}/{i}" for i in range(len(self.pythonpath)))
+        return run(["nsenter", "-t", str(self.pid), "-m", "-p",
+                    "setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+                    "env", f"PYTHONPATH={pythonpath}", "PYTHONDONTWRITEBYTECODE=1",
+                    *command], timeout=timeout)
+
+    def ollamad_as(self, user: str, *args: str) -> subprocess.CompletedProcess:
+        """The `ollamad` CLI as `user`, against the unit's socket."""
+        return self.as_user(user, str(SYSTEM_PYTHON), "-m", "ollamad", *args,
+                            "--socket", f"ipc://{SOCKET_PATH}")
+
     def diagnostics(self) -> str:
         return (f"--- systemd console ---\n{tail(self.log_path)}\n"
                 f"--- daemon log ---\n{tail(self.daemon_log)}")
@@ -568,7 +606,9 @@ def stage(work: Path, python_dirs: int) -> tuple[int, int]:
             shutil.copy2(Path("/etc", name), etc / name)
     sysusers = work / "ollamad.sysusers"
     sysusers.write_text(install.shipped_text("ollamad.sysusers"))
-    result = run(["systemd-sysusers", f"--root={work / 'root'}", str(sysusers)])
+    accounts = work / "e2e-accounts.sysusers"
+    accounts.write_text(TEST_SYSUSERS)
+    result = run(["systemd-sysusers", f"--root={work / 'root'}", str(sysusers), str(accounts)])
     assert result.returncode == 0, result.stderr
     ids = {line.split(":")[0]: line.split(":") for line in (etc / "passwd").read_text().splitlines()}
     uid, gid = int(ids["ollamad"][2]), int(ids["ollamad"][3])
@@ -637,9 +677,12 @@ def test_start_reports_ready_status_and_serves(service):
 
     uid, gid = service.ids
     runtime = service.path("/run/ollamad").stat()
-    assert (runtime.st_uid, runtime.st_gid, runtime.st_mode & 0o7777) == (uid, gid, 0o750)
+    assert (runtime.st_uid, runtime.st_gid, runtime.st_mode & 0o7777) == (uid, gid, 0o711)
+    # The socket belongs to the app users' group, not to the service's own.
+    clients_gid = service.group_id("ollamad-clients")
+    assert clients_gid != gid
     sock = service.path(SOCKET_PATH).stat()
-    assert (sock.st_uid, sock.st_gid, sock.st_mode & 0o7777) == (uid, gid, 0o660)
+    assert (sock.st_uid, sock.st_gid, sock.st_mode & 0o7777) == (uid, clients_gid, 0o660)
 
     main_pid = int(service.show("MainPID")["MainPID"])
     main = service.host_pid(main_pid)
@@ -653,6 +696,61 @@ def test_start_reports_ready_status_and_serves(service):
         result = client.generate("hi")
         assert result["text"], result
         assert client.status()["daemon"]["pid"] == main_pid
+
+
+CONNECT_SCRIPT = """\
+import socket, sys
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2).close()
+except OSError as exc:
+    sys.exit(f"refused: {exc!r}")
+"""
+
+
+def test_only_the_daemon_reaches_ollamas_port(service):
+    with service.client() as client:
+        url = client.health()["ollama"]["url"]
+        ollama_pid = client.status()["ollama"]["pid"]
+    port = url.rsplit(":", 1)[1].rstrip("/")
+    ollama = service.host_pid(ollama_pid)
+    daemon = service.host_pid(int(service.show("MainPID")["MainPID"]))
+    # PrivateNetwork=yes: the daemon and Ollama share a network namespace of
+    # their own, whose loopback is not the host's.
+    service_net = os.readlink(f"/proc/{ollama.pid}/ns/net")
+    assert os.readlink(f"/proc/{daemon.pid}/ns/net") == service_net
+    assert os.readlink("/proc/self/ns/net") != service_net
+    # There, the port answers ...
+    inside = run(["nsenter", "-t", str(ollama.pid), "-n", str(SYSTEM_PYTHON), "-c",
+                  CONNECT_SCRIPT, port])
+    assert inside.returncode == 0, inside.stderr
+    # ... on the host it does not, for a local user in no group, an app user, or root.
+    for user in (OUTSIDER, MEMBER):
+        outside = service.as_user(user, str(SYSTEM_PYTHON), "-c", CONNECT_SCRIPT, port)
+        assert outside.returncode == 1 and "ConnectionRefusedError" in outside.stderr, \
+            (user, outside.stdout, outside.stderr)
+    assert run([str(SYSTEM_PYTHON), "-c", CONNECT_SCRIPT, port]).returncode == 1
+
+
+def test_app_users_generate_admins_restart_and_others_are_refused(service):
+    member = service.ollamad_as(MEMBER, "generate", "hi", "--timeout", "20")
+    assert member.returncode == 0 and member.stdout.strip(), member.stderr
+    # Outside ollamad-clients: the socket's mode refuses the connection itself.
+    outsider = service.ollamad_as(OUTSIDER, "status", "--timeout", "2")
+    assert outsider.returncode == 1, outsider.stdout
+    assert "permission denied on" in outsider.stderr and "group 'ollamad-clients'" in outsider.stderr
+    # An app user is no admin: the daemon looks the uid's groups up, finds no
+    # ollamad-admin, and refuses (ProtectProc=invisible hides its /proc entry anyway).
+    before = ollama_running(service)["ollama"]["restarts"]
+    refused = service.ollamad_as(MEMBER, "restart", "--timeout", "5")
+    assert refused.returncode == 1 and "forbidden" in refused.stderr, refused.stderr
+    assert ollama_running(service)["ollama"]["restarts"] == before
+    # A supplementary ollamad-admin membership is honoured.
+    admin = service.ollamad_as(ADMIN, "restart", "--wait", "--wait-timeout", str(READY_TIMEOUT_S),
+                               "--reason", "e2e admin")
+    assert admin.returncode == 0, admin.stdout + admin.stderr
+    after = wait_for("Ollama RUNNING after the admin's restart", lambda: ollama_running(service),
+                     READY_TIMEOUT_S, service.diagnostics)
+    assert after["ollama"]["restarts"] == before + 1
 
 
 def test_kill_9_of_ollama_is_restarted_by_the_daemon(service):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import stat
 import sys
+import tempfile
 from pathlib import Path, PurePosixPath
 
 import pytest
 
 from ollamad import install
-from ollamad.config import example_toml
+from ollamad.config import load
 
 
 #: The interpreter install-systemd believes it runs from: its venv's bin/ollamad
@@ -45,13 +46,36 @@ def test_stages_every_file(tmp_path, capsys):
     assert sysusers.read_text() == install.shipped_text("ollamad.sysusers")
     assert tmpfiles.read_text() == install.shipped_text("ollamad.tmpfiles")
     config = installed(tmp_path, "/etc/ollamad/ollamad.toml")
-    assert config.read_text() == example_toml()
+    assert config.read_text() == install.installed_config_text()
     assert (mode(sysusers), mode(tmpfiles), mode(config)) == (0o644, 0o644, 0o640)
+    assert not installed(tmp_path, str(install.PULLING_PATH)).exists()
 
     output = capsys.readouterr().out
     assert "systemd-tmpfiles --create /etc/tmpfiles.d/ollamad.conf" in output
     assert "systemctl enable --now ollamad" in output
-    assert "usermod -aG ollamad" in output
+    assert "usermod -aG ollamad-clients APPUSER" in output
+    assert "usermod -aG ollamad-admin OPERATOR" in output
+
+
+def test_the_installed_config_gives_the_socket_and_admin_ops_to_the_shipped_groups(tmp_path):
+    path = tmp_path / "ollamad.toml"
+    path.write_text(install.installed_config_text())
+    config = load(str(path), env={})
+    assert (config.socket_group, config.admin_group) == ("ollamad-clients", "ollamad-admin")
+    # The groups are those the sysusers.d file creates, the daemon a member of the first.
+    sysusers = install.shipped_text("ollamad.sysusers").splitlines()
+    assert {"g ollamad-clients -", "m ollamad ollamad-clients", "g ollamad-admin -"} <= set(sysusers)
+    # No application user joins the service's own group, which reads the config.
+    assert "ollamad-clients" in next(line for line in install.shipped_text("ollamad.service")
+                                     .splitlines() if line.startswith("SupplementaryGroups="))
+
+
+def test_pulling_installs_the_drop_in(tmp_path, capsys):
+    assert install.main(["--root", str(tmp_path), "--pulling"]) == 0
+    drop_in = installed(tmp_path, str(install.PULLING_PATH))
+    assert drop_in.read_text() == install.shipped_text("ollamad-pulling.conf")
+    assert "\n[Service]\nPrivateNetwork=no\nIPAddressAllow=any\n" in drop_in.read_text()
+    assert mode(drop_in) == 0o644
 
 
 def test_prefix_sets_the_executable(tmp_path):
@@ -71,7 +95,7 @@ def test_keeps_an_existing_config_unless_forced(tmp_path, capsys):
     assert installed(tmp_path, "/etc/systemd/system/ollamad.service").exists()
 
     assert install.main(["--root", str(tmp_path), "--force"]) == 0
-    assert config.read_text() == example_toml()
+    assert config.read_text() == install.installed_config_text()
 
 
 def test_rewrites_the_unit_on_reinstall(tmp_path):
@@ -82,11 +106,34 @@ def test_rewrites_the_unit_on_reinstall(tmp_path):
     assert unit.read_text() == install.unit_text("/opt/x/bin/ollamad")
 
 
-@pytest.mark.parametrize("prefix", ["/home/alice/venv", "/root/venv"])
-def test_refuses_an_executable_the_unit_hides(tmp_path, prefix, capsys):
+@pytest.mark.parametrize("prefix, setting", [("/home/alice/venv", "ProtectHome=yes"),
+                                              ("/root/venv", "ProtectHome=yes"),
+                                              ("/tmp/venv", "PrivateTmp=yes"),
+                                              ("/var/tmp/q/venv", "PrivateTmp=yes")])
+def test_refuses_an_executable_the_unit_hides(tmp_path, prefix, setting, capsys):
     assert install.main(["--root", str(tmp_path), "--prefix", prefix]) == 1
-    assert "ProtectHome" in capsys.readouterr().err
+    assert f"hides ({setting})" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_refuses_an_interpreter_or_package_the_unit_hides(tmp_path):
+    # The quickstart's venv under /tmp, with the script elsewhere: on this
+    # system the interpreter its #! names is checked too.
+    venv_python = tmp_path / "venv" / "bin" / "python3"     # pytest's tmp_path is below /tmp
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text("")
+    assert install.unreachable_reason(Path("/usr/bin/env"), True) is None
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as elsewhere:
+        script = Path(elsewhere) / "ollamad"
+        script.write_text(f"#!{venv_python}\n")
+        reason = install.unreachable_reason(script, True)
+    assert reason.startswith(f"its interpreter {venv_python} is below"), reason
+    assert "PrivateTmp=yes" in reason
+    # An editable install whose source the unit hides.
+    reason = install.unreachable_reason(Path("/usr/bin/env"), True,
+                                        package=Path("/root/src/ollamad"))
+    assert reason.startswith("the ollamad package /root/src/ollamad is below"), reason
+    assert "ProtectHome=yes" in reason
 
 
 def test_refuses_paths_execstart_cannot_hold(tmp_path, capsys):
@@ -126,11 +173,13 @@ def test_system_commands_touch_only_ollamad_files():
     )
 
 
-@pytest.mark.parametrize("path, hidden", [("/home/a/bin/ollamad", True), ("/root", True),
-                                          ("/run/user/1000/x", True), ("/homeless/bin/ollamad", False),
-                                          ("/opt/ollamad/bin/ollamad", False)])
-def test_hidden_from_service(path, hidden):
-    assert install.hidden_from_service(PurePosixPath(path)) is hidden
+@pytest.mark.parametrize("path, setting", [
+    ("/home/a/bin/ollamad", "ProtectHome=yes"), ("/root", "ProtectHome=yes"),
+    ("/run/user/1000/x", "ProtectHome=yes"), ("/tmp/venv/bin/python", "PrivateTmp=yes"),
+    ("/var/tmp/x", "PrivateTmp=yes"), ("/homeless/bin/ollamad", None),
+    ("/tmpfoo/bin/ollamad", None), ("/opt/ollamad/bin/ollamad", None)])
+def test_hiding_setting(path, setting):
+    assert install.hiding_setting(PurePosixPath(path)) == setting
 
 
 def test_interpreter_of_reads_the_shebang(tmp_path):

@@ -20,7 +20,7 @@ from ollamad import install
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL_TIMEOUT_S = 60
-MAX_EXPOSURE = 3.0
+MAX_EXPOSURE = 1.6
 # Plain output, no pager, no colours; nothing inherited that redirects systemd.
 TOOL_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SYSTEMD_PAGER": "cat",
             "SYSTEMD_COLORS": "0", "LANG": "C.UTF-8"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import errno
 import fcntl
+import grp
 import logging
 import os
 import socket
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
+
+from ollamad.configspec import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,27 @@ class ConnectionEvent:
     fd: int
 
 
+def socket_group_id(name: str) -> int | None:
+    """The gid ``socket_group`` names (None: keep the daemon's own group).
+
+    Raises ``ConfigError`` when the group does not exist or this process may
+    not give a file to it (only root and the group's members may).
+    """
+    if not name:
+        return None
+    try:
+        gid = grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"socket_group: there is no group {name!r} (the shipped "
+                          "sysusers.d file creates ollamad-clients: `ollamad "
+                          "install-systemd`)") from None
+    if os.geteuid() != 0 and gid not in (os.getegid(), *os.getgroups()):
+        raise ConfigError(f"socket_group: this process (uid {os.geteuid()}) is not a member of "
+                          f"group {name!r}, so it cannot give the socket to it (the unit's "
+                          "SupplementaryGroups= must name it)")
+    return gid
+
+
 def ipc_path(endpoint: str) -> str | None:
     return endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
 
@@ -102,10 +126,11 @@ class RouterSocket:
     """The daemon's ROUTER socket, bound with a lock file and a fixed mode."""
 
     def __init__(self, context: zmq.Context, endpoint: str, max_message_bytes: int,
-                 socket_mode: int, zap: bool = True):
+                 socket_mode: int, zap: bool = True, socket_gid: int | None = None):
         self.endpoint = endpoint
         self._path = ipc_path(endpoint)
         self._socket_mode = socket_mode
+        self._socket_gid = socket_gid
         self._lock_fd: int | None = None
         self.monitor: zmq.Socket | None = None
         if self._path:
@@ -134,6 +159,8 @@ class RouterSocket:
             if old_umask is not None:
                 os.umask(old_umask)
         if self._path:
+            if self._socket_gid is not None:
+                os.chown(self._path, -1, self._socket_gid)   # checked by socket_group_id()
             os.chmod(self._path, self._socket_mode)
         return self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 

@@ -28,7 +28,7 @@ from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 from ollamad.config import Config, OllamaSettings
-from ollamad.notify import child_environment
+from ollamad.supervisor import environment
 from ollamad.supervisor.proctree import KILL_WAIT, ProcessTree, stop_group
 from ollamad.supervisor.states import SupervisorError
 from ollamad.supervisor.system import System
@@ -98,11 +98,12 @@ def parallel_slots(config: Config) -> int:
 
 
 def child_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a spawned server: ours without the service's own
-    variables (:func:`ollamad.notify.child_environment`), plus the shape the
-    daemon sets: ``OLLAMA_HOST``, ``OLLAMA_NUM_PARALLEL``, ``OLLAMA_LOAD_TIMEOUT``
-    and ``OLLAMA_CONTEXT_LENGTH`` (the KV cache is context × slots)."""
-    env = child_environment(environ)
+    """The environment of a spawned server: the allowed part of ours
+    (:mod:`.environment`), plus the shape the daemon sets: ``OLLAMA_HOST``,
+    ``OLLAMA_NUM_PARALLEL``, ``OLLAMA_LOAD_TIMEOUT`` and ``OLLAMA_CONTEXT_LENGTH``
+    (the KV cache is context × slots)."""
+    env = environment.filtered(environ, config.ollama.pass_environment,
+                               stand_in=config.ollama.stand_in)
     env["OLLAMA_HOST"] = listen_address(config.ollama.url)
     env["OLLAMA_NUM_PARALLEL"] = str(parallel_slots(config))
     env["OLLAMA_LOAD_TIMEOUT"] = f"{config.ollama.load_timeout:g}s"
@@ -116,7 +117,7 @@ def child_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
 #: Settings that shape the server's command line or environment: they take effect when it
 #: is next (re)started.
 LAUNCH_KEYS = ("command", "stand_in", "url", "mode", "num_parallel", "context_length",
-               "load_timeout")
+               "load_timeout", "pass_environment")
 
 
 def launch_changes(old: Config, new: Config) -> list[str]:
