@@ -753,6 +753,29 @@ def test_app_users_generate_admins_restart_and_others_are_refused(service):
     assert after["ollama"]["restarts"] == before + 1
 
 
+def test_a_configuration_error_is_not_restarted(service):
+    config = service.work / "ollamad.toml"
+    good = config.read_text()
+    restarts = int(service.show("NRestarts")["NRestarts"])
+    try:
+        config.write_text(good + "no_such_key = 1\n")
+        service.systemctl("restart", UNIT, check=False)
+
+        def failed() -> dict[str, str] | None:
+            state = service.show("ActiveState", "Result", "ExecMainStatus", "NRestarts")
+            return state if state["ActiveState"] == "failed" else None
+
+        state = wait_for("the unit to fail on its config", failed, READY_TIMEOUT_S,
+                         service.diagnostics)
+        # RestartPreventExitStatus=78: exit 78 (EX_CONFIG) is final, not a restart loop.
+        assert (state["Result"], state["ExecMainStatus"]) == ("exit-code", "78"), state
+        assert int(state["NRestarts"]) == restarts
+        assert "no_such_key: unknown key" in service.daemon_log.read_text()
+    finally:
+        config.write_text(good)
+        service.systemctl("reset-failed", UNIT, check=False)
+
+
 def test_kill_9_of_ollama_is_restarted_by_the_daemon(service):
     before = ollama_running(service)
     old_pid, old_restarts = before["ollama"]["pid"], before["ollama"]["restarts"]
