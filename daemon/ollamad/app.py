@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import resource
 import signal
 import time
@@ -35,7 +36,7 @@ from ollamad.scheduling import (ProgressTracker, WorkerPool, admission_from_conf
                                 limit_book)
 from ollamad.ollama.loads import Loads
 from ollamad.retry import OllamaFailure, RetryPolicy
-from ollamad.serving import admin
+from ollamad.serving import activation, admin
 from ollamad.serving.introspection import Introspection
 from ollamad.serving.loop import IOLoop
 from ollamad.serving.ops import Dispatcher
@@ -152,12 +153,25 @@ class Daemon:
         self._context = zmq.Context()
         self._router = RouterSocket(self._context, self.config.socket,
                                     self.config.max_message_bytes, self.config.socket_mode,
-                                    socket_gid=socket_gid)
+                                    socket_gid=socket_gid,
+                                    listener_fd=self._passed_listener(self.config.socket))
         self._loop = IOLoop(self._router, self.dispatcher, self.request_metrics, self.requests,
                             self.outbox, self.notifier, on_signal=self._on_signal,
                             housekeeping=self._housekeeping, threads_alive=self.threads_alive)
         self._bind_metrics()
         return self._router.bound
+
+    @staticmethod
+    def _passed_listener(endpoint: str) -> int | None:
+        """The listening socket systemd passed for `endpoint` (``ollamad.socket``), if any."""
+        passed = activation.passed_descriptors(os.environ, os.getpid())
+        fd = activation.listener_for(endpoint, passed)
+        if fd is not None:
+            log.info("serving %s on the listening socket systemd passed (fd %d)", endpoint, fd)
+        elif passed:
+            log.warning("systemd passed %d socket(s), none listening at %s: binding it here "
+                        "(check ListenStream= in ollamad.socket)", len(passed), endpoint)
+        return fd
 
     def _bind_metrics(self) -> None:
         """The Prometheus listener, when ``metrics.listen`` asks for one (never Ollama's port)."""

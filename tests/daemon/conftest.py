@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import requests
@@ -194,10 +194,17 @@ def daemon_factory(reaper, short_tmp):
 
     def make(config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
              args: list[str] | None = None, ready: bool = True, name: str = "d", *,
-             open_files: int | None = None) -> DaemonUnderTest:
+             open_files: int | None = None,
+             launch: Callable[[DaemonUnderTest], subprocess.Popen] | None = None
+             ) -> DaemonUnderTest:
+        """``launch``: starts the daemon process itself (in a namespace, with descriptors)."""
         directory = short_tmp / f"{name}{len(made)}"
         directory.mkdir()
-        daemon = DaemonUnderTest(reaper, directory, config or {}, env, args or []).start(open_files)
+        daemon = DaemonUnderTest(reaper, directory, config or {}, env, args or [])
+        if launch is None:
+            daemon.start(open_files)
+        else:
+            daemon.process = launch(daemon)
         made.append(daemon)
         if ready:
             daemon.wait_ready()

@@ -126,11 +126,14 @@ class RouterSocket:
     """The daemon's ROUTER socket, bound with a lock file and a fixed mode."""
 
     def __init__(self, context: zmq.Context, endpoint: str, max_message_bytes: int,
-                 socket_mode: int, zap: bool = True, socket_gid: int | None = None):
+                 socket_mode: int, zap: bool = True, socket_gid: int | None = None,
+                 listener_fd: int | None = None):
         self.endpoint = endpoint
         self._path = ipc_path(endpoint)
         self._socket_mode = socket_mode
         self._socket_gid = socket_gid
+        #: A listening socket systemd passed for this endpoint (:mod:`.activation`).
+        self._listener_fd = listener_fd
         self._lock_fd: int | None = None
         self.monitor: zmq.Socket | None = None
         if self._path:
@@ -150,6 +153,8 @@ class RouterSocket:
         # The file appears with mode 0777 & ~umask: narrow the umask around
         # bind() so it is never briefly world-connectable, then set the mode.
         old_umask = os.umask(0o777 & ~self._socket_mode) if self._path else None
+        if self._listener_fd is not None:
+            self.socket.setsockopt(zmq.USE_FD, self._listener_fd)
         try:
             self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
