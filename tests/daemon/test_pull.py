@@ -65,6 +65,20 @@ def test_an_admin_pull_of_a_catalog_model_streams_its_statuses_and_the_model_is_
     assert "llama3.2:3b" in installed(puller)
 
 
+def test_the_async_client_pulls_too(puller):
+    import asyncio
+    from ollamad_client import AsyncClient
+
+    async def pull() -> tuple[list[str], dict]:
+        async with AsyncClient(puller.socket) as client:
+            stream = client.pull("qwen2.5:0.5b")
+            return [progress["status"] async for progress in stream], stream.result
+
+    statuses, result = asyncio.run(pull())
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    assert result["model"] == "qwen2.5:0.5b" and "qwen2.5:0.5b" in installed(puller)
+
+
 def test_a_pull_from_a_registry_shows_layer_progress_and_the_model_then_generates(
         puller, registry_factory):
     registry = registry_factory(["library/tiny:v1=200000"])
