@@ -125,7 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("Docker-Content-Digest", Blob.of("", body).digest)
+            if not paced:   # a manifest's own digest (a blob's is in its path)
+                self.send_header("Docker-Content-Digest", Blob.of("", body).digest)
             for name, value in (extra or {}).items():
                 self.send_header(name, value)
             self.end_headers()
