@@ -113,3 +113,33 @@ def wait_for():
 def wait_until():
     """The same as ``wait_for``, under the name some folders use."""
     return _wait_for
+
+
+@pytest.fixture
+def registry_factory():
+    """``start(models, rate=0)``: a test registry process (:mod:`ollamad.testing.registry`)
+    serving ``models`` (``"library/tiny:v1"``, ``"library/slow:v1=400000"``); all stopped
+    at teardown."""
+    from ollamad.testing.registry import RegistryProcess
+
+    started: list[RegistryProcess] = []
+
+    def start(models=("library/tiny:v1",), rate: int = 0) -> RegistryProcess:
+        registry = RegistryProcess(models, rate=rate)
+        started.append(registry)
+        return registry.start()
+
+    try:
+        yield start
+    finally:
+        for registry in started:
+            registry.stop()
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback port nothing listens on (bound, then closed: connections are refused)."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -42,11 +42,11 @@ from . import protocol
 # Imported on first use (PEP 562): a program that needs only the protocol or the error
 # classes (the daemon, the stand-in) does not pay for pyzmq and asyncio at start-up.
 _LAZY = {
-    "AsyncClient": "._async", "AsyncStream": "._async",
+    "AsyncClient": "._async", "AsyncStream": "._async", "AsyncPullStream": "._async",
     "DEFAULT_ENDPOINT": "._calls", "SOCKET_ENV": "._calls", "ChatOptions": "._calls",
     "GenerationOptions": "._calls",
     "LegacyStream": "._legacy", "OllamaClient": "._legacy", "get_ollama_client": "._legacy",
-    "Client": "._sync", "Stream": "._sync",
+    "Client": "._sync", "Stream": "._sync", "PullStream": "._sync",
     **dict.fromkeys(["ERROR_CLASSES", "BackendError", "BadRequest", "Busy", "Cancelled",
                      "Forbidden", "InternalError", "ModelNotFound", "NotAllowed", "OllamadError",
                      "RequestTimeout", "ShuttingDown", "TooLarge", "Unavailable", "UnknownOp",
@@ -55,10 +55,10 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from ._async import AsyncClient, AsyncStream
+    from ._async import AsyncClient, AsyncPullStream, AsyncStream
     from ._calls import DEFAULT_ENDPOINT, SOCKET_ENV, ChatOptions, GenerationOptions
     from ._legacy import LegacyStream, OllamaClient, get_ollama_client
-    from ._sync import Client, Stream
+    from ._sync import Client, PullStream, Stream
     from .errors import (ERROR_CLASSES, BackendError, BadRequest, Busy, Cancelled, Forbidden,
                          InternalError, ModelNotFound, NotAllowed, OllamadError, RequestTimeout,
                          ShuttingDown, TooLarge, Unavailable, UnknownOp, error_for)
@@ -80,7 +80,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     # modern API
-    "Client", "Stream", "AsyncClient", "AsyncStream", "ChatOptions", "GenerationOptions",
+    "Client", "Stream", "PullStream", "AsyncClient", "AsyncStream", "AsyncPullStream",
+    "ChatOptions", "GenerationOptions",
     "DEFAULT_ENDPOINT", "SOCKET_ENV",
     # legacy API
     "OllamaClient", "LegacyStream", "get_ollama_client",

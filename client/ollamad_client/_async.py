@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Unpack
 
+from . import protocol
 from ._async_channel import LoopChannels
 from ._calls import (Call, ChatOptions, ClientBase, DaemonLimits, GenerationOptions, finish,
                      join_batch, join_embeddings, may_split_embed, split_batch, split_embed)
@@ -106,6 +107,11 @@ class AsyncClient(ClientBase):
                       timeout: float | None = None) -> dict[str, Any]:
         """See :meth:`Client.restart`."""
         return await self._run(self._restart_call(reason, timeout))
+
+    def pull(self, model: str, *, insecure: bool = False,
+             timeout: float | None = None) -> AsyncPullStream:
+        """See :meth:`Client.pull`; iterate with ``async for``."""
+        return AsyncPullStream(self, self._pull_call(model, insecure, timeout))
 
     def close(self) -> None:
         """Refuse further calls and cancel open streams; calls in flight finish,
@@ -206,3 +212,16 @@ class AsyncStream(StreamBase):
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class AsyncPullStream(AsyncStream):
+    """The asyncio counterpart of :class:`~ollamad_client.PullStream`."""
+
+    async def __anext__(self) -> dict[str, Any]:  # type: ignore[override]
+        while (progress := await self._next_pieces()) is not None:
+            if progress:
+                return progress
+        raise StopAsyncIteration
+
+    def _chunk(self, reply: protocol.Reply) -> dict[str, Any]:
+        return dict(reply.chunk) if isinstance(reply.chunk, Mapping) else {}

@@ -145,6 +145,9 @@ class Call:
     #: False: nobody chose the deadline; it is not sent, and the daemon's
     #: (a profile's, or 60 s, within the user's limit) applies.
     timeout_given: bool = True
+    #: The timeout bounds each wait for the next chunk, not the whole call (a pull
+    #: may take hours while its progress keeps coming).
+    per_chunk: bool = False
 
 
 @dataclass(frozen=True)
@@ -434,6 +437,16 @@ class ClientBase:
             if value is not None:
                 args[key] = value
         return self._call("embed", args, timeout, shape=_embeddings)
+
+    def _pull_call(self, model: str, insecure: bool, timeout: float | None) -> Call:
+        """A ``pull``: ``timeout`` bounds the wait for each progress line; without one the
+        daemon's ``ollama.pull_stall_timeout`` applies (this client's default is for
+        generation, not for pulls) and the client waits up to the protocol's longest."""
+        args = {"model": model, "insecure": bool(insecure)}
+        if timeout is None:
+            return Call("pull", args, protocol.MAX_TIMEOUT, stream=True, timeout_given=False,
+                        per_chunk=True)
+        return Call("pull", args, check_timeout(timeout), stream=True, per_chunk=True)
 
     def _restart_call(self, reason: str | None, timeout: float | None) -> Call:
         return self._call("restart", {"reason": reason} if reason else {}, timeout)

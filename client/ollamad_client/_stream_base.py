@@ -4,11 +4,13 @@ when it ends early. Only iterating (blocking or awaited) is theirs."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import weakref
 from typing import Any, Protocol
 
 from . import protocol
-from ._calls import Call, Outgoing, chunk_pieces, finish
+from ._calls import REPLY_GRACE, Call, Outgoing, chunk_pieces, finish
 
 
 class _Channel(Protocol):
@@ -38,12 +40,20 @@ class StreamBase:
         """A chunk's pieces (see :func:`chunk_pieces`); ``None`` once the final reply has
         set ``result`` (or raised its error)."""
         if not reply.final:
-            return chunk_pieces(reply)
+            if self._call.per_chunk and self._outgoing is not None:
+                # A chunk is progress: the wait for the next one starts again.
+                self._outgoing = dataclasses.replace(
+                    self._outgoing, deadline=time.monotonic() + self._call.timeout + REPLY_GRACE)
+            return self._chunk(reply)
         self._done = True
         if self._cancel is not None:
             self._cancel.detach()  # nothing left to cancel; let go of the channel
         self.result = finish(self._call, reply)
         return None
+
+    def _chunk(self, reply: protocol.Reply) -> dict[str, Any]:
+        """What a chunk gives the iterator: a generation's text and reasoning pieces."""
+        return chunk_pieces(reply)
 
     def close(self) -> None:
         """Stop the stream, cancelling it on the daemon if it is unfinished; idempotent."""

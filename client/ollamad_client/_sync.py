@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Unpack
 
+from . import protocol
 from ._calls import (Call, ChatOptions, ClientBase, DaemonLimits, GenerationOptions, finish,
                      join_batch, join_embeddings, may_split_embed, split_batch, split_embed)
 from ._channel import ThreadChannels
@@ -153,6 +154,18 @@ class Client(ClientBase):
         """Admin op: restart Ollama. Raises ``Forbidden`` for non-admin callers."""
         return self._run(self._restart_call(reason, timeout))
 
+    def pull(self, model: str, *, insecure: bool = False,
+             timeout: float | None = None) -> PullStream:
+        """Admin op: have Ollama pull ``model`` (``HOST:PORT/NAMESPACE/MODEL:TAG`` pulls
+        from that registry; ``insecure`` lets Ollama speak plain http to it). Iterate the
+        stream for Ollama's progress (``{"status", "digest", "total", "completed"}``);
+        ``.result`` is ``{"model", "status": "success", "allowed"}`` at the end, or iterating
+        raises the pull's error (``Forbidden`` for non-admin callers). ``timeout`` bounds
+        each wait for the next progress line (default: the daemon's
+        ``ollama.pull_stall_timeout``), never the whole pull; closing the stream early stops
+        the pull."""
+        return PullStream(self, self._pull_call(model, insecure, timeout))
+
     # -- lifetime -----------------------------------------------------------
 
     def close(self) -> None:
@@ -266,3 +279,16 @@ class Stream(StreamBase):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class PullStream(Stream):
+    """A pull's progress objects as Ollama sends them (see :meth:`Client.pull`)."""
+
+    def __next__(self) -> dict[str, Any]:  # type: ignore[override]
+        while (progress := self._next_pieces()) is not None:
+            if progress:
+                return progress
+        raise StopIteration
+
+    def _chunk(self, reply: protocol.Reply) -> dict[str, Any]:
+        return dict(reply.chunk) if isinstance(reply.chunk, Mapping) else {}

@@ -88,9 +88,9 @@ PUBLIC_OPS = frozenset(
      "metrics", "gpu", "ping", "cancel"}
 )
 #: Ops limited to root, the daemon's own user and the admin group.
-ADMIN_OPS = frozenset({"restart"})
+ADMIN_OPS = frozenset({"restart", "pull"})
 #: Ops that may stream chunks before their final reply.
-STREAMING_OPS = frozenset({"generate", "chat"})
+STREAMING_OPS = frozenset({"generate", "chat", "pull"})
 ALL_OPS = PUBLIC_OPS | ADMIN_OPS
 
 

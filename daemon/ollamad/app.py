@@ -35,6 +35,7 @@ from ollamad.ollama import names
 from ollamad.scheduling import (ProgressTracker, WorkerPool, admission_from_config, lane_policy,
                                 limit_book)
 from ollamad.ollama.loads import Loads
+from ollamad.ollama.pulls import PullPolicy, Pulls
 from ollamad.retry import OllamaFailure, RetryPolicy
 from ollamad.serving import activation, admin
 from ollamad.serving.introspection import Introspection
@@ -114,6 +115,7 @@ class Daemon:
         self.loads = Loads(lambda: self.supervisor.url, lambda: self.supervisor.run_id,
                            config.ollama.load_timeout)
         self.backend = OllamaBackend(self.supervisor, RetryPolicy.from_config(config), self.loads)
+        self.pulls = Pulls(self.supervisor, PullPolicy.from_config(config))
         self.pool = WorkerPool(config.workers, config.queue_size, policy=lane_policy(config),
                                limits=limit_book(config))
         self.gpu_monitor = GpuMonitor(config.gpu.poll_interval, self.supervisor.ollama_pids,
@@ -123,14 +125,15 @@ class Daemon:
         self.dispatcher = Dispatcher(
             pool=self.pool, backend=self.backend, metrics=self.request_metrics, progress=self.progress,
             introspection=self, defaults=GenerationDefaults.from_config(config), limits=Limits.from_config(config),
-            requests=self.requests, admission=admission_from_config(config, self._loaded_models))
+            requests=self.requests, admission=admission_from_config(config, self._loaded_models),
+            pulls=self.pulls)
         self.report = Introspection(
             config=lambda: self.config, supervisor=self.supervisor, pool=self.pool,
             gpu_monitor=self.gpu_monitor, metrics=self.request_metrics, progress=self.progress,
             requests=self.requests, bound=lambda: self._router.bound if self._router else config.socket,
             stopping=lambda: self._stopping, queued_bytes=lambda: self.dispatcher.queued_bytes,
             backlog=lambda: self._loop.delivery.backlog_size() if self._loop else 0,
-            loads=lambda: self.loads.snapshot())
+            loads=lambda: self.loads.snapshot(), pulls=lambda: self.pulls.snapshot())
         self._stopping = False
         self._router: RouterSocket | None = None
         self._context: zmq.Context | None = None
@@ -286,6 +289,7 @@ class Daemon:
         pending_ollama = self.supervisor.reconfigure(new)
         self.backend.policy = RetryPolicy.from_config(new)
         self.loads.load_timeout = new.ollama.load_timeout
+        self.pulls.policy = PullPolicy.from_config(new)
         self.dispatcher.defaults = GenerationDefaults.from_config(new)
         self.dispatcher.limits = Limits.from_config(new)
         self.dispatcher.admission = admission_from_config(new, self._loaded_models)

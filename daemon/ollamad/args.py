@@ -20,6 +20,10 @@ from ollamad_client import protocol
 from ollamad_client.protocol import ErrorCode
 
 
+#: Longest model name a pull takes (a registry host of 350 characters and Ollama's parts).
+MAX_MODEL_NAME = 600
+
+
 class InvalidArguments(OllamaFailure):
     def __init__(self, message: str):
         super().__init__(ErrorCode.BAD_REQUEST, message, retryable=False)
@@ -325,6 +329,24 @@ def batch_prompts(args: Mapping[str, Any], max_batch: int) -> list[str]:
     if not all(isinstance(p, str) for p in prompts):
         raise InvalidArguments("'prompts' must be a list of strings")
     return prompts
+
+
+@dataclass(frozen=True)
+class PullArguments:
+    #: As the admin wrote it: Ollama parses it (a registry host, namespace and tag included).
+    model: str
+    #: Ollama's own flag: speak plain http to the model's registry.
+    insecure: bool
+
+
+def pull_arguments(args: Mapping[str, Any]) -> PullArguments:
+    model = _typed(args, "model", (str,), "a model name such as llama3.1:8b or "
+                   "HOST:PORT/NAMESPACE/MODEL:TAG", required=True)
+    if not model.strip() or len(model) > MAX_MODEL_NAME:
+        raise InvalidArguments(f"'model' must be a model name of 1 to {MAX_MODEL_NAME} "
+                               "characters")
+    insecure = _typed(args, "insecure", (bool,), "true or false") or False
+    return PullArguments(model.strip(), insecure)
 
 
 def embed_body(args: Mapping[str, Any], defaults: GenerationDefaults,

@@ -1,7 +1,7 @@
 """The ``ollamad`` command line.
 
 ``serve`` runs the daemon; ``status``, ``health``, ``metrics``, ``gpu``,
-``models``, ``top``, ``generate`` and ``restart`` talk to a running daemon
+``models``, ``top``, ``generate``, ``restart`` and ``pull`` talk to a running daemon
 through the client library; ``stand-in`` runs the bundled Ollama stand-in;
 ``install-systemd`` installs the unit; ``example-config`` prints the config
 file with every default.
@@ -196,6 +196,33 @@ def _follow_restart(client, before: int, ns: argparse.Namespace) -> dict[str, An
         time.sleep(0.2)
 
 
+def _pull(ns: argparse.Namespace) -> int:
+    """Follow a pull to its end: exit 0 on success, 1 with the cause on any failure."""
+    from ollamad.render import PullProgress, error_line
+    from ollamad_client import OllamadError
+
+    view = PullProgress(sys.stdout, terminal=sys.stdout.isatty())
+    with _client(ns) as client:
+        try:
+            with client.pull(ns.model, insecure=ns.insecure, timeout=ns.timeout) as stream:
+                for progress in stream:
+                    if ns.json:
+                        print(json.dumps(progress), flush=True)
+                    else:
+                        view.show(progress)
+        except OllamadError as exc:
+            view.end()
+            print(error_line(exc), file=sys.stderr)
+            return 1
+    result = stream.result or {}
+    if ns.json:
+        print(json.dumps(result))
+    elif not result.get("allowed", True):
+        print(f"note: {result.get('model')} is not in allowed_models: clients cannot use it "
+              "until it is added there (and the daemon reloaded)")
+    return 0
+
+
 def _top(ns: argparse.Namespace) -> int:
     from ollamad import top
     with _client(ns) as client:
@@ -241,10 +268,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="watch an Ollama started elsewhere instead of starting one")
     serve.set_defaults(handler=_serve)
 
-    def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def client_command(name: str, help_text: str,
+                       timeout_help: str = "seconds to wait") -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--socket", default=_socket_default(), help="daemon endpoint")
-        sub.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
+        sub.add_argument("--timeout", type=float, default=10.0, help=timeout_help)
         sub.add_argument("--json", action="store_true", help="machine-readable output")
         return sub
 
@@ -280,6 +308,16 @@ def _parser() -> argparse.ArgumentParser:
     restart.add_argument("--wait-timeout", type=float, default=120.0,
                          help="seconds --wait waits (default 120)")
     restart.set_defaults(handler=_restart)
+
+    pull = client_command("pull", "admin: have Ollama pull a model, following its progress",
+                          "seconds to wait for each progress line (default: the daemon's "
+                          "ollama.pull_stall_timeout); the whole pull has no limit")
+    pull.add_argument("model", help="the model: NAME[:TAG] from Ollama's registry, or "
+                                    "HOST:PORT/NAMESPACE/MODEL:TAG from another one")
+    pull.add_argument("--insecure", action="store_true",
+                      help="let Ollama speak plain http to the model's registry")
+    # None: the daemon's ollama.pull_stall_timeout bounds each wait; no limit on the whole.
+    pull.set_defaults(handler=_pull, timeout=None)
 
     commands.add_parser("stand-in", help="run the bundled Ollama stand-in (reads OLLAMA_HOST)",
                         add_help=False)

@@ -68,6 +68,12 @@ class OllamaSettings:
     load_timeout: float = setting(300.0, "seconds a model load may take (also "
                                   "OLLAMA_LOAD_TIMEOUT for a spawned Ollama); a request's "
                                   "time-out never cuts a load", above=0, high=86400)
+    max_pulls: int = setting(2, "model pulls (`ollamad pull`) at once; one more is `busy`",
+                             low=1, high=64)
+    pull_stall_timeout: float = setting(300.0, "seconds a pull may wait for Ollama's next "
+                                        "progress line (Ollama sends none while it checks "
+                                        "big blobs' digests) before it fails", above=0,
+                                        high=MAX_TIMEOUT)
     client_runner_options: bool = setting(False, "let clients set runner options (num_ctx, "
                                           "num_gpu, ...) other than the configured ones; each "
                                           "change reloads the model: for single-tenant hosts")

@@ -9,6 +9,7 @@ needs an operator says what to run.
 from __future__ import annotations
 
 import datetime
+import math
 import re
 import time
 from typing import Any, Iterable, Mapping, Sequence
@@ -248,3 +249,74 @@ def models(result: Mapping[str, Any]) -> str:
                      where if ps is not None else "no",
                      until(ps.get("expires_at")) if ps is not None else "-"))
     return _table(("MODEL", "SIZE", "PARAMS", "LOADED", "UNTIL"), rows)
+
+
+class PullProgress:
+    """``ollamad pull``'s view of Ollama's progress objects.
+
+    A status of its own (``pulling manifest``, ``verifying sha256 digest``,
+    ``success``) is a line when it changes. A layer's progress (``pulling
+    c1a43ad63810``, with ``total`` and ``completed``) is one line rewritten in
+    place on a terminal (at most :attr:`REDRAW` times a second), and
+    elsewhere (a log, a pipe) a line at most every :attr:`EVERY` seconds per
+    layer, plus its last one: Ollama sends one every 60 ms per layer, which
+    no reader wants.
+    """
+
+    REDRAW = 10
+    EVERY = 1.0
+
+    def __init__(self, out: Any, *, terminal: bool, clock=time.monotonic):
+        self._out = out
+        self._terminal = terminal
+        self._clock = clock
+        self._status: str | None = None
+        self._shown_at: dict[str, float] = {}
+        self._partial = False   # a terminal line being rewritten in place
+
+    def show(self, progress: Mapping[str, Any]) -> None:
+        status = str(progress.get("status", ""))
+        total, completed = progress.get("total"), progress.get("completed")
+        changed = status != self._status
+        self._status = status
+        if changed:
+            self.end()   # a layer's line in place stays as it last was
+        if not isinstance(total, int) or not total:
+            if changed:
+                self._line(status)
+            return
+        done = isinstance(completed, int) and completed >= total
+        now = self._clock()
+        every = 1 / self.REDRAW if self._terminal else self.EVERY
+        if not (changed or done or now - self._shown_at.get(status, 0.0) >= every):
+            return
+        if done and self._shown_at.get(status) == math.inf:
+            return   # its last line is out already
+        self._shown_at[status] = math.inf if done else now
+        text = f"{status}  {pull_share(completed, total)}"
+        if self._terminal and not done:
+            self._out.write(f"\r{text}\x1b[K")
+            self._out.flush()
+            self._partial = True
+        else:
+            self._line(text)
+
+    def end(self) -> None:
+        """Finish a line left open in place (before an error message, or at the end)."""
+        if self._partial:
+            self._out.write("\n")
+            self._out.flush()
+            self._partial = False
+
+    def _line(self, text: str) -> None:
+        # Over the same layer's line in place, if one is open.
+        self._out.write(f"\r{text}\x1b[K\n" if self._partial else f"{text}\n")
+        self._out.flush()
+        self._partial = False
+
+
+def pull_share(completed: Any, total: Any) -> str:
+    """``45% of 64.0 MiB (28.8 MiB)``: how much of a layer has come."""
+    completed = completed if isinstance(completed, int) else 0
+    percent = int(100 * completed / total) if total else 100
+    return f"{percent:3d}% of {_size(total)} ({_size(completed)})"

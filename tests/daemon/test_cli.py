@@ -181,7 +181,8 @@ def test_top_shows_live_figures_in_a_terminal_and_quits_on_q(shared_daemon):
         os.close(main)
 
 
-@pytest.mark.parametrize("command", ["serve", "status", "health", "top", "generate", "restart"])
+@pytest.mark.parametrize("command", ["serve", "status", "health", "top", "generate", "restart",
+                                     "pull"])
 def test_every_flag_says_what_it_does(command):
     out = ollamad(command, "--help")
     assert out.returncode == 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ollamad.args import GenerationDefaults, InvalidArguments, chat_call, generate_call
+from ollamad.args import (GenerationDefaults, InvalidArguments, PullArguments, chat_call,
+                          generate_call, pull_arguments)
 
 DEFAULTS = GenerationDefaults(model="llama3.1:8b", max_tokens_cap=4096)
 CALL = {"id": "call_1", "function": {"index": 0, "name": "f", "arguments": {"x": 1}}}
@@ -49,3 +50,20 @@ def test_a_generate_answer_has_thinking_and_no_message():
     result = answer.result({"done": True}, attempts=1, elapsed=0.0)
     assert result["thinking"] == "hm" and result["text"] == ""
     assert "message" not in result and "tool_calls" not in result
+
+
+def test_pull_arguments_take_a_name_as_ollama_reads_it_and_ollamas_insecure_flag():
+    assert pull_arguments({"model": " 127.0.0.1:5000/library/tiny:v1 ", "insecure": True}) == \
+        PullArguments("127.0.0.1:5000/library/tiny:v1", True)
+    assert pull_arguments({"model": "llama3.1:8b"}) == PullArguments("llama3.1:8b", False)
+
+
+@pytest.mark.parametrize("args, named", [
+    ({}, "'model' is required"), ({"model": 7}, "'model' must be"), ({"model": "  "}, "'model'"),
+    ({"model": "m" * 601}, "1 to 600 characters"), ({"model": "x", "insecure": "yes"},
+                                                     "'insecure' must be true or false"),
+])
+def test_bad_pull_arguments_are_named(args, named):
+    with pytest.raises(InvalidArguments) as bad:
+        pull_arguments(args)
+    assert named in bad.value.message

@@ -12,6 +12,10 @@ from ollamad.retry import OllamaFailure
     ("llama3", "llama3:latest"), ("Llama3:LATEST", "llama3:latest"),
     ("library/llama3", "llama3:latest"), ("registry.ollama.ai/library/llama3:8b", "llama3:8b"),
     ("me/model:q4", "me/model:q4"), ("bad name", None), ("", None),
+    # A registry of its own keeps its host and namespace (name.go DisplayShortest).
+    ("127.0.0.1:5000/library/tiny:v1", "127.0.0.1:5000/library/tiny:v1"),
+    ("Example.com/Me/Model", "example.com/me/model:latest"),
+    ("a/b/c/d", None), ("my.namespace/model", None), ("http://host/ns/model", None),
 ])
 def test_model_names_compare_as_ollama_compares_them(given, expected):
     assert names.canonical(given) == expected

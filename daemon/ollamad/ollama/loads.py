@@ -134,6 +134,12 @@ class Loads:
         with self._lock:
             self._loaded[key] = (run, until)
 
+    def forget(self, model: str) -> None:
+        """``model`` changed on disk (a pull): it is no longer known loaded, whatever options."""
+        with self._lock:
+            for key in [key for key in self._loaded if key[0] == names.key(model)]:
+                del self._loaded[key]
+
     def loading(self, model: str) -> bool:
         """A load of ``model`` is under way (the probe must not take its slowness for a hang)."""
         with self._lock:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -101,6 +102,11 @@ class Exchange:
         self.tenant, self.lane = tenant, lane
         self.timeout = timeout
         self.deadline = self.received_at + timeout
+
+    def unbounded(self) -> None:
+        """No overall deadline: the op bounds each of its own waits instead (a pull, which
+        may take hours while its progress keeps coming)."""
+        self.deadline = math.inf
 
     def on_finish(self, callback: Callable[["Exchange"], None]) -> None:
         """Call ``callback(self)`` once, when the exchange finishes (at once if it has)."""

@@ -38,9 +38,11 @@ class Introspection:
                  gpu_monitor: GpuMonitor, metrics: Metrics, progress: ProgressTracker,
                  requests: OpenRequests, bound: Callable[[], str], stopping: Callable[[], bool],
                  queued_bytes: Callable[[], int], backlog: Callable[[], int],
-                 loads: Callable[[], list[dict[str, Any]]]):
+                 loads: Callable[[], list[dict[str, Any]]],
+                 pulls: Callable[[], list[dict[str, Any]]]):
         self._config = config
         self._loads = loads
+        self._pulls = pulls
         self._supervisor = supervisor
         self._pool = pool
         self._gpu = gpu_monitor
@@ -71,7 +73,8 @@ class Introspection:
                        "files": open_files(),
                        "model": config.model},
             "scheduling": self._scheduling(config),
-            "ollama": {**self._supervisor.snapshot(), "loads_in_progress": self._loads()},
+            "ollama": {**self._supervisor.snapshot(), "loads_in_progress": self._loads(),
+                       "pulls_in_progress": self._pulls()},
             "gpu": self._gpu.summary(),
             "health": self.health(),
         }

@@ -2,7 +2,9 @@
 
 Handlers run on the I/O thread. Cheap ops (ping, status, metrics, health,
 gpu, cancel, and the admin op restart, which only posts a request to the
-supervisor) answer there and then; ops that call Ollama validate their
+supervisor) answer there and then; the admin op pull starts a pull on a
+thread of its own (:mod:`ollamad.ollama.pulls`), outside the worker pool and
+without an overall deadline; ops that call Ollama validate their
 arguments (a bad one is answered at once), pass admission (tenant, lane,
 profile, the host's model policy: :mod:`ollamad.scheduling.admission`) and
 queue tasks on the worker pool. A full queue (the host's, or the user's
@@ -22,6 +24,7 @@ from typing import Any, Callable, Mapping, Protocol
 from ollamad import __version__, args
 from ollamad.backend import CallContext, OllamaBackend
 from ollamad.ollama import names
+from ollamad.ollama.pulls import PullRequest, Pulls
 from ollamad.retry import OllamaFailure
 from ollamad.scheduling import (INTERACTIVE, NOBODY, Admission, ProgressTracker, Refusal, Task,
                                 Ticket, WorkerPool)
@@ -65,7 +68,7 @@ class Dispatcher:
     def __init__(self, *, pool: WorkerPool, backend: OllamaBackend, metrics: Metrics,
                  progress: ProgressTracker, introspection: Introspection,
                  defaults: args.GenerationDefaults, limits: args.Limits,
-                 requests: OpenRequests, admission: Admission):
+                 requests: OpenRequests, admission: Admission, pulls: Pulls):
         self.pool = pool
         self.backend = backend
         self.metrics = metrics
@@ -75,6 +78,7 @@ class Dispatcher:
         self.limits = limits
         self.requests = requests
         self.admission = admission
+        self.pulls = pulls
         self._bytes_lock = threading.Lock()
         #: Bytes of the requests admitted and not yet answered.
         self.queued_bytes = 0
@@ -290,12 +294,19 @@ for _op in ("status", "health", "metrics", "gpu"):
     handles(_op)(_snapshot_handler(_op))
 
 
+def _admin_only(d: Dispatcher, exchange: Exchange, peer: Peer) -> bool:
+    """Whether ``peer`` may call the exchange's admin op; answers ``forbidden`` if not."""
+    if d.introspection.is_admin(peer):
+        return True
+    exchange.reject(Error.of(ErrorCode.FORBIDDEN, f"{exchange.op} is an admin op: only root, "
+                             "the daemon's own user and members of admin_group may call it, "
+                             "over an ipc socket"))
+    return False
+
+
 @handles("restart")
 def _restart(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
-    if not d.introspection.is_admin(peer):
-        exchange.reject(Error.of(ErrorCode.FORBIDDEN,
-                                 "restart is an admin op: root, the daemon's user or the "
-                                 "admin group, over an ipc socket"))
+    if not _admin_only(d, exchange, peer):
         return
     reason = exchange.request.args.get("reason")
     reason = reason if isinstance(reason, str) and reason else f"admin request (pid {peer.pid})"
@@ -304,3 +315,42 @@ def _restart(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
     # supervisor (which runs any restart command on its own thread), and
     # requests read after it wait for the new Ollama.
     exchange.resolve(d.introspection.restart_ollama(reason[:MAX_REASON]))
+
+
+@handles("pull")
+def _pull(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
+    if not _admin_only(d, exchange, peer):
+        return
+    pull = args.pull_arguments(exchange.request.args)
+    exchange.model = names.key(pull.model)
+    reason = d.introspection.unavailable_reason()
+    if reason:
+        exchange.reject(Error.of(ErrorCode.UNAVAILABLE, reason, retryable=False))
+        return
+    # A pull may take hours: no overall deadline, but every wait within it is bounded by
+    # the stall time-out (the request's `timeout`, else ollama.pull_stall_timeout).
+    request = exchange.request
+    stall = request.timeout if request.timeout_given else d.pulls.policy.stall_timeout
+    exchange.unbounded()
+
+    def progress(chunk: dict[str, Any]) -> None:
+        if request.stream:
+            exchange.send_chunk(chunk, stall)
+
+    def done(result: Mapping[str, Any] | None, failure: OllamaFailure | None) -> None:
+        if failure is not None or result is None:
+            exchange.reject(failure.to_error() if failure else
+                            Error.of(ErrorCode.INTERNAL, "the pull ended without a result"))
+            return
+        # New weights under a known name: what the daemon knew of the loaded model is stale.
+        d.backend.loads.forget(pull.model)
+        # An admin may pull a model clients may not use yet (to stage it before allowing it):
+        # the result says whether allowed_models lets them.
+        allowed = d.admission.models.refusal(exchange.model or "", loaded=True) is None
+        exchange.resolve({**result, "model": exchange.model, "allowed": allowed})
+
+    refusal = d.pulls.start(PullRequest(pull.model, pull.insecure, stall, exchange.cancel,
+                                        progress, done))
+    if refusal is not None:
+        d.metrics.count_busy()
+        exchange.reject(refusal)

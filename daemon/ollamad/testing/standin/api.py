@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from ollamad.ollama import names
 from ollamad.testing.standin import apitypes, gojson
 from ollamad.testing.standin.apitypes import ApiError, not_found
 from ollamad.testing.standin.catalog import Catalog, canonical_name
@@ -18,6 +19,7 @@ from ollamad.testing.standin.faults import FaultBook
 from ollamad.testing.standin.generation import Inference
 from ollamad.testing.standin.httpserver import NO_CONTENT_TYPE, TEXT, Exchange
 from ollamad.testing.standin.openai import OpenAI
+from ollamad.testing.standin.registrypull import PullFailed, RegistryPuller
 from ollamad.testing.standin.runners import RunnerPool
 from ollamad.testing.standin.scheduler import Scheduler
 from ollamad.testing.standin.stats import Stats
@@ -40,13 +42,14 @@ class App:
 
     def __init__(self, settings: Settings):
         self.catalog = Catalog(settings.models)
+        self.registry = RegistryPuller(self.catalog)
         self.faults = FaultBook(list(settings.faults))
         self.stats = Stats()
         self.pool = RunnerPool(settings)
         scheduler = Scheduler(self.pool, self.faults, settings.max_queue)
         inference = Inference(settings, self.catalog, self.pool, scheduler, self.faults,
                               self.stats)
-        self._control = Control(self.faults, self.stats, self.pool)
+        self._control = Control(self.faults, self.stats, self.pool, self.registry.progress)
         self._openai = OpenAI(self.catalog, inference.chat, inference.generate, inference.embed)
         self._routes = {
             "/": {"GET": self._root, "HEAD": self._root},
@@ -150,25 +153,56 @@ class App:
         exchange.send(200, b"", NO_CONTENT_TYPE)
 
     def _pull(self, exchange: Exchange):
+        """A well-known name from the default registry installs from the catalog at once; a
+        name with a registry host of its own is fetched from it (registrypull)."""
         request = apitypes.decode(exchange.body, apitypes.PULL)
-        name = request.get("model") or request.get("name", "")
-        if canonical_name(name) is None:
+        name = names.parse(request.get("model") or request.get("name", ""))
+        if name is None:
             raise ApiError(400, "invalid model name")
-        model = self.catalog.pullable(name)
-        statuses: list[dict] = [{"status": "pulling manifest"}]
-        if model is not None:
-            for digest, size in model.layers():
-                statuses.append({"status": f"pulling {digest[:12]}", "digest": f"sha256:{digest}",
-                                 "total": size, "completed": size})
-            statuses += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"},
-                         {"status": "success"}]
-            self.catalog.install(model)
-        if not request.get("stream", True):
-            if model is None:
-                raise ApiError(500, PULL_MISSING)
-            return exchange.send_json(200, statuses[-1])
+        answer = _PullAnswer(exchange, streamed=request.get("stream", True))
+        if not name.from_default_registry:
+            try:
+                self.registry.pull(name, bool(request.get("insecure")), exchange.peer,
+                                   answer.send)
+            except PullFailed as failure:
+                return answer.fail(str(failure))
+            return answer.finish()
+        answer.send({"status": "pulling manifest"})
+        model = self.catalog.pullable(name.shortest)
         if model is None:
-            statuses.append({"error": PULL_MISSING})
-        stream = exchange.stream()
-        for index, status in enumerate(statuses, start=1):
-            stream.write(status, last=index == len(statuses))
+            return answer.fail(PULL_MISSING)
+        for digest, size in model.layers():
+            answer.send({"status": f"pulling {digest[:12]}", "digest": f"sha256:{digest}",
+                         "total": size, "completed": size})
+        for status in ("verifying sha256 digest", "writing manifest", "success"):
+            answer.send({"status": status})
+        self.catalog.install(model)
+        answer.finish()
+
+
+class _PullAnswer:
+    """A pull's statuses: NDJSON lines as they come, or (``stream: false``) only the last;
+    an error ends the stream with an error line, or is the 500 answer (routes.go
+    streamResponse, waitForStream)."""
+
+    def __init__(self, exchange: Exchange, streamed: bool):
+        self._exchange = exchange
+        self._stream = exchange.stream() if streamed else None
+        self._latest: dict = {}
+
+    def send(self, status: dict):
+        if self._stream is not None:
+            self._stream.write(status)
+        self._latest = status
+
+    def fail(self, message: str):
+        if self._stream is not None and self._stream.started:
+            self._stream.write({"error": message}, last=True)
+        else:
+            self._exchange.send_error(500, message)
+
+    def finish(self):
+        if self._stream is not None:
+            self._stream.send(b"", last=True)
+        else:
+            self._exchange.send_json(200, self._latest)

@@ -1,8 +1,10 @@
 """The `/_standin/` control endpoint: faults and counters, for tests.
 
-    GET    /_standin/state        {"pid", "faults", "runners", "stats", "recent_requests"}
-                                  (a runner: model, pid, loading, parallel, size, size_vram,
-                                  options: its runner options)
+    GET    /_standin/state        {"pid", "faults", "runners", "loads", "pulls", "stats",
+                                  "recent_requests"} (a runner: model, pid, loading,
+                                  parallel, size, size_vram, options: its runner options;
+                                  pulls from a registry under way: name -> digest, total,
+                                  completed of the blob being fetched)
     POST   /_standin/faults       {"kind": K, "count": N|null, ...params} adds a fault
     DELETE /_standin/faults       clears every fault (and releases held requests)
     POST   /_standin/stats/reset  zeroes the counters and recent requests
@@ -19,20 +21,23 @@ import os
 from ollamad.testing.standin import log
 from ollamad.testing.standin.faults import START_ONLY, FaultBook, make_fault
 from ollamad.testing.standin.httpserver import Exchange
+from ollamad.testing.standin.registrypull import Progress
 from ollamad.testing.standin.runners import RunnerPool
 from ollamad.testing.standin.stats import Stats
 
 
 class Control:
-    def __init__(self, faults: FaultBook, stats: Stats, pool: RunnerPool):
+    def __init__(self, faults: FaultBook, stats: Stats, pool: RunnerPool, pulls: Progress):
         self._faults = faults
         self._stats = stats
         self._pool = pool
+        self._pulls = pulls
 
     def state(self) -> dict:
         counters, recent = self._stats.snapshot()
         return {"pid": os.getpid(), "faults": self._faults.describe(),
                 "runners": self._pool.runners(), "loads": dict(self._pool.loads),
+                "pulls": self._pulls.snapshot(),
                 "stats": counters, "recent_requests": recent}
 
     def dispatch(self, exchange: Exchange):
