@@ -44,6 +44,7 @@ import pytest
 import ollamad
 import ollamad_client
 from ollamad import install
+from ollamad.testing.registry import RegistryProcess
 from ollamad_client import Client
 
 # The whole module takes about 6 s; the limit is per test, set-up included.
@@ -751,6 +752,39 @@ def test_app_users_generate_admins_restart_and_others_are_refused(service):
     after = wait_for("Ollama RUNNING after the admin's restart", lambda: ollama_running(service),
                      READY_TIMEOUT_S, service.diagnostics)
     assert after["ollama"]["restarts"] == before + 1
+
+
+def test_pulls_go_through_the_daemon_and_need_the_pulling_drop_in(service):
+    drop_in = service.work / "units" / f"{UNIT}.d" / "ollamad-pulling.conf"
+    with RegistryProcess(["library/tiny:v1"], listen="127.0.0.1:0") as registry:
+        model = f"{registry.address}/library/tiny:v1"
+        # The registry is on the host's loopback, which the service's network is not.
+        refused = service.ollamad_as(ADMIN, "pull", model, "--insecure", "--timeout", "10")
+        assert refused.returncode == 1 and "connection refused" in refused.stderr, \
+            refused.stdout + refused.stderr
+        assert not registry.requests()
+        try:
+            drop_in.parent.mkdir(exist_ok=True)
+            drop_in.write_text(install.shipped_text("ollamad-pulling.conf"))
+            service.systemctl("daemon-reload")
+            service.systemctl("restart", UNIT)
+            assert service.show("PrivateNetwork")["PrivateNetwork"] == "no"
+            wait_for("Ollama RUNNING with the drop-in", lambda: ollama_running(service),
+                     READY_TIMEOUT_S, service.diagnostics)
+            # App users may not pull; operators may.
+            member = service.ollamad_as(MEMBER, "pull", model, "--insecure", "--timeout", "10")
+            assert member.returncode == 1 and "forbidden" in member.stderr, member.stderr
+            pulled = service.ollamad_as(ADMIN, "pull", model, "--insecure", "--timeout", "10")
+            assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+            assert "success" in pulled.stdout
+            assert any(r["path"].endswith("/manifests/v1") for r in registry.requests())
+            models = service.ollamad_as(MEMBER, "models", "--json")
+            assert model in models.stdout, models.stdout + models.stderr
+        finally:
+            drop_in.unlink(missing_ok=True)
+            service.systemctl("daemon-reload")
+            service.systemctl("restart", UNIT)
+    assert service.show("PrivateNetwork")["PrivateNetwork"] == "yes"
 
 
 def test_a_configuration_error_is_not_restarted(service):
