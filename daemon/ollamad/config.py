@@ -253,6 +253,8 @@ RULES = [
          'must be HOST:PORT ("127.0.0.1:9464", "[::1]:9464"), or empty for no listener'),
     Rule(("socket",), lambda c: c.socket.startswith(("ipc://", "tcp://")),
          "must be an ipc:// or tcp:// endpoint"),
+    Rule(("socket",), lambda c: "," not in c.socket,
+         "must be one endpoint to bind (a comma-separated list of daemons is for clients)"),
 ]
 
 

@@ -37,6 +37,13 @@ def test_a_socket_that_is_no_endpoint_is_named_with_what_it_should_be(endpoint, 
     assert ollamad("health", "--socket", endpoint).returncode == 3   # health: UNKNOWN
 
 
+def test_a_list_of_endpoints_is_for_clients_not_the_cli(short_tmp):
+    listed = f"ipc://{short_tmp}/a.sock,ipc://{short_tmp}/b.sock"
+    out = ollamad("status", "--socket", listed)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "names several endpoints: name one" in out.stderr
+
+
 def test_no_daemon_at_the_socket_says_so_and_health_is_unknown(short_tmp):
     out = ollamad("health", "--socket", f"ipc://{short_tmp}/absent.sock")
     assert out.returncode == 3
