@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Unpack
 
 from . import protocol
-from ._async_channel import LoopChannels
+from ._async_channel import LoopChannels, LoopEndpointChannels
 from ._calls import (Call, ChatOptions, ClientBase, DaemonLimits, GenerationOptions, finish,
                      join_batch, join_embeddings, may_split_embed, split_batch, split_embed)
 from ._demux import RequestAbandoned
@@ -27,11 +27,13 @@ class AsyncClient(ClientBase):
 
     Any number of coroutines may share one client; on each event loop it
     uses one socket. Cancelling a task that awaits a call cancels the
-    request on the daemon.
+    request on the daemon. Several endpoints are shared out as by ``Client``.
     """
 
     def _init_transport(self) -> None:
-        self._channels = LoopChannels(self.endpoint)
+        self._channels: LoopChannels | LoopEndpointChannels = \
+            LoopChannels(self.endpoint) if len(self.endpoints) == 1 \
+            else LoopEndpointChannels(self.endpoints)
 
     async def request(self, op: str, args: Mapping[str, Any] | None = None, *,
                       timeout: float | None = None) -> dict[str, Any]:
@@ -115,9 +117,9 @@ class AsyncClient(ClientBase):
 
     def close(self) -> None:
         """Refuse further calls and cancel open streams; calls in flight finish,
-        then the sockets close. Idempotent; from any thread."""
-        self._closed = True
-        self._channels.close_all()
+        then the sockets close (those of clients made by :meth:`at` too).
+        Idempotent; from any thread."""
+        self._close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,8 @@ from ._calls import Outgoing, client_closed, no_reply, poll_ms, unreachable, wen
 from ._connection import LIVENESS_CHECK_MS, close_socket, is_connected, open_dealer, \
     process_context
 from ._demux import OpenRequests
+from ._endpoints import CONNECT_CHECK_S, EndpointsBase, RouteBase
+from .errors import Unavailable
 
 _async_context: zmq.asyncio.Context | None = None
 _async_context_base: zmq.Context | None = None
@@ -55,13 +58,17 @@ def _wake(future: asyncio.Future[None] | None) -> None:
 class AsyncChannel:
     """One DEALER socket on one event loop and the requests open on it."""
 
-    def __init__(self, endpoint: str, loop: asyncio.AbstractEventLoop):
+    def __init__(self, endpoint: str, loop: asyncio.AbstractEventLoop,
+                 tally: Callable[[int], None] | None = None):
+        """``tally``: told +1/-1 as requests open and close (see ``OpenRequests``)."""
         self.endpoint = endpoint
         self.loop = loop
         self.pid = os.getpid()
+        #: ``time.monotonic()`` when the socket was made (see ``_endpoints.FIRST_CONNECT_S``).
+        self.opened_at = time.monotonic()
         self.socket = open_dealer(_context(), endpoint)
         self._plain_socket = zmq.Socket.shadow(self.socket.underlying)  # for cancels
-        self._requests = OpenRequests()
+        self._requests = OpenRequests(tally)
         self._reading = False
         #: Request id -> the future its waiting coroutine sleeps on.
         self._waiting: dict[str, asyncio.Future[None]] = {}
@@ -71,6 +78,14 @@ class AsyncChannel:
     @property
     def closed(self) -> bool:
         return not self._finalizer.alive
+
+    def connected(self) -> bool:
+        """Whether the socket has a connection to the daemon (on the loop's thread)."""
+        return not self.closed and is_connected(self.socket)
+
+    def has(self, request_id: str) -> bool:
+        """Whether the request is open on this channel."""
+        return request_id in self._requests
 
     async def start(self, outgoing: Outgoing, connect_timeout: float, *,
                     stream: bool = False) -> None:
@@ -210,8 +225,9 @@ class AsyncChannel:
 class LoopChannels:
     """A client's :class:`AsyncChannel` for each event loop it is used on."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, tally: Callable[[int], None] | None = None):
         self.endpoint = endpoint
+        self._tally = tally
         self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncChannel] = \
             weakref.WeakKeyDictionary()
         self._closed = False
@@ -224,7 +240,7 @@ class LoopChannels:
             if self._closed:
                 raise client_closed(self.endpoint)
             self._close_finished_loops()
-            channel = self._channels[loop] = AsyncChannel(self.endpoint, loop)
+            channel = self._channels[loop] = AsyncChannel(self.endpoint, loop, self._tally)
         return channel
 
     def close_all(self) -> None:
@@ -238,3 +254,37 @@ class LoopChannels:
             if loop.is_closed():
                 channel.close()
                 del self._channels[loop]
+
+
+class AsyncRoute(RouteBase):
+    """The asyncio counterpart of ``_channel.Route``: one event loop's channel to
+    each of several endpoints, used as one channel."""
+
+    async def start(self, outgoing: Outgoing, connect_timeout: float, *,
+                    stream: bool = False) -> None:
+        """See ``Route.start``."""
+        deadline = time.monotonic() + connect_timeout
+        failed: dict[int, Unavailable] = {}
+        while True:
+            index = self._next_try(failed, deadline, connect_timeout)
+            if index is None:
+                await asyncio.sleep(CONNECT_CHECK_S)
+                continue
+            try:
+                await self.channels[index].start(
+                    outgoing, max(0.0, deadline - time.monotonic()), stream=stream)
+                return
+            except Unavailable as exc:  # nothing was sent: another endpoint may take it
+                failed[index] = exc
+
+    async def receive(self, outgoing: Outgoing) -> protocol.Reply:
+        """See ``AsyncChannel.receive``."""
+        return await self._carrying(outgoing.request_id).receive(outgoing)
+
+
+class LoopEndpointChannels(EndpointsBase):
+    """A :class:`LoopChannels` per endpoint; :meth:`current` gives the running loop's
+    :class:`AsyncRoute`."""
+
+    per_endpoint = LoopChannels
+    route = AsyncRoute

@@ -110,6 +110,27 @@ def default_endpoint() -> str:
     return os.environ.get(SOCKET_ENV) or DEFAULT_ENDPOINT
 
 
+def parse_endpoints(socket: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The endpoints named by ``socket``: a list, or one string of comma-separated
+    endpoints; ``None``: ``$OLLAMAD_SOCKET`` (a list too), else the default."""
+    if socket is None or socket == "":
+        socket = default_endpoint()
+    parts = socket.split(",") if isinstance(socket, str) else list(socket)
+    endpoints: list[str] = []
+    for part in parts:
+        if not isinstance(part, str):
+            raise TypeError(f"an ollamad endpoint is a string, not {type(part).__name__}")
+        endpoint = part.strip()
+        if not endpoint:
+            raise ValueError(f"empty endpoint in {socket!r}")
+        if endpoint in endpoints:
+            raise ValueError(f"endpoint {endpoint!r} is named twice in {socket!r}")
+        endpoints.append(endpoint)
+    if not endpoints:
+        raise ValueError("no ollamad endpoint given")
+    return tuple(endpoints)
+
+
 def default_app() -> str:
     """``$OLLAMAD_APP``, else the program's name, in the characters an app name may have."""
     name = os.environ.get(APP_ENV) or os.path.basename(sys.argv[0] if sys.argv else "")
@@ -172,7 +193,10 @@ def poll_ms(seconds: float) -> int:
 
 def check_endpoint(endpoint: str) -> str:
     """``endpoint`` if it is an ``ipc://PATH`` or ``tcp://HOST:PORT`` endpoint, else a
-    ValueError that says what it should look like."""
+    ValueError that says what it should look like (the CLI takes one endpoint)."""
+    if "," in endpoint:
+        raise ValueError(f"{endpoint!r} names several endpoints: name one (a comma-separated "
+                         "list is for clients, which share requests out over the daemons)")
     scheme, sep, rest = endpoint.partition("://")
     if sep and scheme == "ipc" and rest:
         return endpoint
@@ -353,12 +377,15 @@ def _embeddings(result: dict[str, Any]) -> list[list[float]]:
 class ClientBase:
     """Configuration and request building shared by the sync and async clients."""
 
-    def __init__(self, socket: str | None = None, *, model: str | None = None,
+    def __init__(self, socket: str | Sequence[str] | None = None, *, model: str | None = None,
                  timeout: float | None = None, connect_timeout: float = 1.0,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
                  app: str | None = None):
-        #: The daemon's ZeroMQ endpoint (``ipc://...`` or ``tcp://host:port``).
-        self.endpoint = socket or default_endpoint()
+        #: The daemons' ZeroMQ endpoints (``ipc://...`` or ``tcp://host:port``),
+        #: one unless the client was given several.
+        self.endpoints = parse_endpoints(socket)
+        #: The endpoints, joined by commas (the one endpoint, for most clients).
+        self.endpoint = ",".join(self.endpoints)
         #: Model for generation calls that name none (``None``: the daemon's default).
         self.model = model
         #: The app this client's requests belong to (the daemon accounts and
@@ -377,11 +404,40 @@ class ClientBase:
         #: may both ask once, and a lock held across a call could be inherited
         #: locked by a forked child.
         self._limits: DaemonLimits | None = None
+        #: Clients of one endpoint each, made by :meth:`at`.
+        self._at: dict[str, Any] = {}
         self._init_transport()
 
     def _init_transport(self) -> None:
         """Set up the subclass's socket bookkeeping."""
         raise NotImplementedError
+
+    def at(self, endpoint: str) -> Any:
+        """A client of ``endpoint`` alone (one of :attr:`endpoints`), with this
+        client's settings: to ask one daemon of several for its ``status``, or
+        to ``restart`` its Ollama. Made once, closed with this client; a client
+        of one endpoint returns itself."""
+        if endpoint not in self.endpoints:
+            raise ValueError(f"{endpoint!r} is not one of this client's endpoints "
+                             f"({self.endpoint})")
+        if len(self.endpoints) == 1:
+            return self
+        if endpoint in self._at:
+            return self._at[endpoint]
+        if self._closed:
+            raise client_closed(self.endpoint)
+        made = type(self)(endpoint, model=self.model,
+                          timeout=self.timeout if self._timeout_given else None,
+                          connect_timeout=self.connect_timeout,
+                          max_message_bytes=self.max_message_bytes, app=self.app)
+        return self._at.setdefault(endpoint, made)  # two threads may race: one wins
+
+    def _close(self) -> None:
+        """Refuse further calls and close every channel (see the subclasses' ``close``)."""
+        self._closed = True
+        self._channels.close_all()
+        for client in list(self._at.values()):
+            client.close()
 
     @property
     def closed(self) -> bool:
@@ -442,6 +498,7 @@ class ClientBase:
         """A ``pull``: ``timeout`` bounds the wait for each progress line; without one the
         daemon's ``ollama.pull_stall_timeout`` applies (this client's default is for
         generation, not for pulls) and the client waits up to the protocol's longest."""
+        self._one_daemon("pull", "the model onto")
         args = {"model": model, "insecure": bool(insecure)}
         if timeout is None:
             return Call("pull", args, protocol.MAX_TIMEOUT, stream=True, timeout_given=False,
@@ -449,7 +506,14 @@ class ClientBase:
         return Call("pull", args, check_timeout(timeout), stream=True, per_chunk=True)
 
     def _restart_call(self, reason: str | None, timeout: float | None) -> Call:
+        self._one_daemon("restart", "Ollama of")
         return self._call("restart", {"reason": reason} if reason else {}, timeout)
+
+    def _one_daemon(self, op: str, what: str) -> None:
+        """Admin ops act on one host: the one the balancing picks would surprise everyone."""
+        if len(self.endpoints) > 1:
+            raise ValueError(f"{op}() on a client of several endpoints: say which daemon "
+                             f"({what} which host), client.at(ENDPOINT).{op}(...)")
 
     # -- encoding and errors ------------------------------------------------
 

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
+from collections.abc import Callable
 
 import zmq
 
@@ -42,6 +44,7 @@ from ._calls import Outgoing, client_closed, no_reply, poll_ms, unreachable, wen
 from ._connection import LIVENESS_CHECK_MS, close_socket, is_connected, open_dealer, \
     process_context
 from ._demux import OpenRequests
+from ._endpoints import CONNECT_CHECK_S, EndpointsBase, RouteBase
 from .errors import Unavailable
 
 _live_thread_channels: weakref.WeakSet[ThreadChannels] = weakref.WeakSet()
@@ -50,11 +53,14 @@ _live_thread_channels: weakref.WeakSet[ThreadChannels] = weakref.WeakSet()
 class Channel:
     """One DEALER socket and the requests open on it (see the module docstring)."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, tally: Callable[[int], None] | None = None):
+        """``tally``: told +1/-1 as requests open and close (see ``OpenRequests``)."""
         self.endpoint = endpoint
         self.pid = os.getpid()
+        #: ``time.monotonic()`` when the socket was made (see ``_endpoints.FIRST_CONNECT_S``).
+        self.opened_at = time.monotonic()
         self.socket = open_dealer(process_context(), endpoint)
-        self._requests = OpenRequests()
+        self._requests = OpenRequests(tally)
         # Re-entrant: a stream's finalizer (abandon) may run during garbage
         # collection in a thread that already holds it.
         self._lock = threading.RLock()
@@ -62,11 +68,25 @@ class Channel:
         self._socket_busy = False
         self._senders_waiting = 0
         self._closing = False
+        #: Whether the socket had a connection when last looked at (see :meth:`connected`).
+        self._seen_connected = False
         self._finalizer = weakref.finalize(self, close_socket, self.pid, self.socket)
 
     @property
     def closed(self) -> bool:
         return not self._finalizer.alive
+
+    def connected(self) -> bool:
+        """Whether the socket has a connection to the daemon; while another thread
+        holds the socket, whether it had one when last looked at."""
+        with self._lock:
+            if not self._socket_busy and not self.closed and self.pid == os.getpid():
+                self._seen_connected = is_connected(self.socket)
+            return self._seen_connected
+
+    def has(self, request_id: str) -> bool:
+        """Whether the request is open on this channel."""
+        return request_id in self._requests
 
     def start(self, outgoing: Outgoing, connect_timeout: float, *, stream: bool = False) -> None:
         """Open the request and send it, or raise with nothing left open.
@@ -221,8 +241,9 @@ class Channel:
 class ThreadChannels:
     """Each thread's own :class:`Channel` to one endpoint."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, tally: Callable[[int], None] | None = None):
         self.endpoint = endpoint
+        self._tally = tally
         self._local = threading.local()
         self._closed = False
         self._forget_inherited()
@@ -241,7 +262,7 @@ class ThreadChannels:
             with self._lock:
                 if self._closed:  # checked with close_all's lock: no channel escapes it
                     raise client_closed(self.endpoint)
-                channel = self._local.channel = Channel(self.endpoint)
+                channel = self._local.channel = Channel(self.endpoint, self._tally)
                 self._all.add(channel)
         return channel
 
@@ -252,6 +273,44 @@ class ThreadChannels:
             channels = list(self._all)
         for channel in channels:
             channel.close()
+
+
+class Route(RouteBase):
+    """One thread's channel to each of several endpoints, used as one channel: each
+    request goes out on the channel :class:`LeastOutstanding` chooses."""
+
+    def start(self, outgoing: Outgoing, connect_timeout: float, *, stream: bool = False) -> None:
+        """Send the request to an endpoint that is up, or raise ``Unavailable`` with
+        nothing left open (see ``Channel.start``).
+
+        A send that fails (its connection went down meanwhile) goes to another
+        endpoint; all of this within ``connect_timeout``.
+        """
+        deadline = time.monotonic() + connect_timeout
+        failed: dict[int, Unavailable] = {}
+        while True:
+            index = self._next_try(failed, deadline, connect_timeout)
+            if index is None:
+                time.sleep(CONNECT_CHECK_S)
+                continue
+            try:
+                self.channels[index].start(outgoing, max(0.0, deadline - time.monotonic()),
+                                           stream=stream)
+                return
+            except Unavailable as exc:  # nothing was sent: another endpoint may take it
+                failed[index] = exc
+
+    def receive(self, outgoing: Outgoing) -> protocol.Reply:
+        """See ``Channel.receive``."""
+        return self._carrying(outgoing.request_id).receive(outgoing)
+
+
+class EndpointChannels(EndpointsBase):
+    """A :class:`ThreadChannels` per endpoint; :meth:`current` gives this thread's
+    :class:`Route`."""
+
+    per_endpoint = ThreadChannels
+    route = Route
 
 
 def _after_fork_in_child() -> None:

@@ -1,6 +1,7 @@
 """ZeroMQ plumbing shared by both clients: the process's context, and DEALER
 sockets that notice a lost daemon. The channels that share one socket among
-many requests are ``_channel`` (blocking) and ``_async_channel`` (asyncio).
+many requests are ``_channel`` (blocking) and ``_async_channel`` (asyncio);
+``_endpoints`` shares requests out over several daemons' channels.
 
 Rules kept here and by the channels:
 

@@ -15,6 +15,7 @@ those, each in its own way, and serialise every call into it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Union
 
 from . import protocol
@@ -41,18 +42,37 @@ class _Mailbox:
 
 
 class OpenRequests:
-    """Mailboxes of the requests awaiting their final reply, and the cancels to send."""
+    """Mailboxes of the requests awaiting their final reply, and the cancels to send.
 
-    def __init__(self) -> None:
+    ``tally``, if given, hears +1 when a request opens and -1 when it closes
+    (how a client with several endpoints counts each one's open requests).
+    """
+
+    def __init__(self, tally: Callable[[int], None] | None = None) -> None:
         self._mailboxes: dict[str, _Mailbox] = {}
         self._cancels: list[bytes] = []
+        self._tally = tally
 
     def __bool__(self) -> bool:
         """Whether any request is still open."""
         return bool(self._mailboxes)
 
+    def __contains__(self, request_id: str) -> bool:
+        """Whether the request is open here."""
+        return request_id in self._mailboxes
+
     def open(self, request_id: str, *, stream: bool = False) -> None:
         self._mailboxes[request_id] = _Mailbox(stream)
+        if self._tally is not None:
+            self._tally(1)
+
+    def _close(self, request_id: str) -> bool:
+        """Remove the request's mailbox; whether it was open."""
+        if self._mailboxes.pop(request_id, None) is None:
+            return False
+        if self._tally is not None:
+            self._tally(-1)
+        return True
 
     def deliver(self, frame: bytes) -> str | None:
         """File one frame from the daemon; the id it was filed under, or ``None`` if dropped."""
@@ -86,14 +106,14 @@ class OpenRequests:
             return None
         mail = mailbox.mail.popleft()
         if isinstance(mail, OllamadError) or mail.final:
-            self._mailboxes.pop(request_id, None)
+            self._close(request_id)
         if isinstance(mail, OllamadError):
             raise mail
         return mail
 
     def abandon(self, request_id: str) -> bool:
         """Close the request if it is open and queue a ``cancel`` for it; whether it was open."""
-        if self._mailboxes.pop(request_id, None) is None:
+        if not self._close(request_id):
             return False
         self._cancels.append(encode_cancel(request_id))
         return True

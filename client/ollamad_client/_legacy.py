@@ -106,6 +106,19 @@ def _counted(outcome: dict[str, Any]) -> dict[str, Any]:
     return outcome
 
 
+#: How good a ``health_check`` status is, to keep the best of several daemons'.
+_RANK = {"unhealthy": 0, "degraded": 1, "healthy": 2}
+
+
+def _serves(client: Client) -> bool:
+    """Whether the client's daemon answers ``health`` promptly and is not unhealthy."""
+    try:
+        health = client.health(timeout=AVAILABILITY_TIMEOUT)
+    except OllamadError:
+        return False
+    return health.get("status") != "unhealthy"
+
+
 def _has_model(names: Iterable[str], model: str | None) -> bool:
     if not model:
         return False
@@ -125,7 +138,8 @@ class OllamaClient:
     is the model for calls that name none (default: the daemon's,
     ``llama3.1:8b`` unless configured otherwise). ``socket`` is the daemon's
     endpoint (default ``$OLLAMAD_SOCKET`` or
-    ``ipc:///run/ollamad/ollamad.sock``); ``request_timeout`` is the same as
+    ``ipc:///run/ollamad/ollamad.sock``), or several daemons' endpoints, shared
+    out as by ``Client``; ``request_timeout`` is the same as
     ``timeout`` and wins over it; ``connect_timeout`` how long a call waits
     for the daemon to accept a connection before reporting ``unavailable``;
     ``app`` the app name the daemon accounts this process's requests to
@@ -137,7 +151,7 @@ class OllamaClient:
 
     def __init__(self, base_url: str | None = None, model: str | None = None,
                  timeout: float | None = None, max_retries: int | None = None,
-                 max_workers: int | None = None, *, socket: str | None = None,
+                 max_workers: int | None = None, *, socket: str | Sequence[str] | None = None,
                  request_timeout: float | None = None, connect_timeout: float = 1.0,
                  app: str | None = None):
         for name, value in (("base_url", base_url), ("max_retries", max_retries),
@@ -160,19 +174,35 @@ class OllamaClient:
         return self.client.closed
 
     def is_available(self) -> bool:
-        """True when the daemon answers ``health`` promptly and is not unhealthy."""
-        try:
-            health = self.client.health(timeout=AVAILABILITY_TIMEOUT)
-        except OllamadError:
-            return False
-        return health.get("status") != "unhealthy"
+        """True when a daemon answers ``health`` promptly and is not unhealthy
+        (with several endpoints: any of them)."""
+        if _serves(self.client):  # with several endpoints, one that is up
+            return True
+        return len(self.client.endpoints) > 1 and any(map(_serves, self._each_daemon()))
 
     def health_check(self) -> dict[str, Any]:
         """``status`` ("healthy" | "degraded" | "unhealthy"), ``healthy``, ``model``,
         ``model_available``, ``available_models``, ``error`` and ``details``
-        (the daemon's health result; ``None`` when the daemon is down)."""
+        (the daemon's health result; ``None`` when the daemon is down). With
+        several endpoints, the best answer of any daemon."""
+        best: dict[str, Any] | None = None
+        for client in self._each_daemon():
+            report = self._health_of(client)
+            if best is None or _RANK[report["status"]] > _RANK[best["status"]]:
+                best = report
+            if best["healthy"]:
+                break
+        assert best is not None
+        return best
+
+    def _each_daemon(self) -> list[Client]:
+        """A client of each endpoint (the client itself when it has one): each
+        report must come from one daemon, its ``status`` and ``models`` alike."""
+        return [self.client.at(endpoint) for endpoint in self.client.endpoints]
+
+    def _health_of(self, client: Client) -> dict[str, Any]:
         try:
-            status = self.client.status(timeout=QUERY_TIMEOUT)
+            status = client.status(timeout=QUERY_TIMEOUT)
         except OllamadError as exc:
             return {"status": "unhealthy", "healthy": False, "model": self.model,
                     "model_available": False, "available_models": [], "error": exc.message,
@@ -181,7 +211,7 @@ class OllamaClient:
         model = self.model or (status.get("daemon") or {}).get("model")
         problems = [str(reason) for reason in details.get("reasons") or []]
         try:
-            listing = self.client.models(timeout=QUERY_TIMEOUT)
+            listing = client.models(timeout=QUERY_TIMEOUT)
             names = [m["name"] for m in listing.get("models") or [] if isinstance(m, dict)
                      and isinstance(m.get("name"), str)]
         except OllamadError as exc:
@@ -264,7 +294,8 @@ class OllamaClient:
         (``total_requests``, ``successful_requests``, ``failed_requests``,
         ``success_rate``, ``average_response_time``: every model call of the
         process's OllamaClients), and under ``host`` the daemon's for every
-        app (``None``, with ``error`` and ``error_code``, when it is down)."""
+        app (``None``, with ``error`` and ``error_code``, when it is down; with
+        several endpoints, one daemon's: ``client.at(ENDPOINT).metrics()`` asks each)."""
         own = _process_metrics.snapshot()
         try:
             return {**own, "host": self.client.metrics(timeout=QUERY_TIMEOUT)}

@@ -8,7 +8,7 @@ from typing import Any, Unpack
 from . import protocol
 from ._calls import (Call, ChatOptions, ClientBase, DaemonLimits, GenerationOptions, finish,
                      join_batch, join_embeddings, may_split_embed, split_batch, split_embed)
-from ._channel import ThreadChannels
+from ._channel import EndpointChannels, ThreadChannels
 from ._demux import RequestAbandoned
 from ._stream_base import StreamBase
 from .errors import OllamadError
@@ -19,7 +19,11 @@ class Client(ClientBase):
 
     ``Client(socket=None, *, model=None, timeout=None, connect_timeout=1.0,
     max_message_bytes=4 MiB, app=None)``: ``socket`` is the daemon's ZeroMQ endpoint
-    (default ``$OLLAMAD_SOCKET`` or ``ipc:///run/ollamad/ollamad.sock``);
+    (default ``$OLLAMAD_SOCKET`` or ``ipc:///run/ollamad/ollamad.sock``), or
+    several daemons' (a list, or one comma-separated string, in
+    ``$OLLAMAD_SOCKET`` too): each request then goes to the one of those
+    with a connection on which this client has the fewest requests open (in
+    turn when even), and one that is down is skipped until it is back;
     ``model`` the model for calls that name none (default: the daemon's);
     ``timeout`` each request's default deadline in seconds (none given: 60 s,
     or the profile's for a call naming one); ``connect_timeout`` how long a
@@ -35,10 +39,19 @@ class Client(ClientBase):
     example by ``KeyboardInterrupt``) is cancelled: the client sends the
     daemon a ``cancel`` for it on the same socket, and the daemon stops its
     work on Ollama. Safe after ``fork()``: the child makes its own sockets.
+
+    With several endpoints each thread has a socket to each; ``status``,
+    ``health``, ``models`` and the other queries go to one of them as any
+    request does, :meth:`at` gives a client of one endpoint (to ask each
+    daemon, or ``restart`` one), and ``restart`` itself refuses to guess.
+    A request a daemon took and then lost (it died) fails with
+    ``Unavailable``: it is never sent again, to another daemon or the same.
     """
 
     def _init_transport(self) -> None:
-        self._channels = ThreadChannels(self.endpoint)
+        self._channels: ThreadChannels | EndpointChannels = \
+            ThreadChannels(self.endpoint) if len(self.endpoints) == 1 \
+            else EndpointChannels(self.endpoints)
 
     # -- the generic call ---------------------------------------------------
 
@@ -175,10 +188,10 @@ class Client(ClientBase):
         call whose request was sent gets its final reply, and each socket
         closes when the last call on it has ended; a call that had not sent
         its request yet fails with "closed". Open streams are cancelled (the
-        daemon is told) and end, in whichever thread iterates them.
+        daemon is told) and end, in whichever thread iterates them. Clients
+        made by :meth:`at` close too.
         """
-        self._closed = True
-        self._channels.close_all()
+        self._close()
 
     def __enter__(self) -> Client:
         return self

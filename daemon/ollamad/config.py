@@ -271,6 +271,8 @@ RULES = [
          'must list variable names or prefixes ending in * ("HF_HOME", "MY_CA_*")'),
     Rule(("socket",), lambda c: c.socket.startswith(("ipc://", "tcp://")),
          "must be an ipc:// or tcp:// endpoint"),
+    Rule(("socket",), lambda c: "," not in c.socket,
+         "must be one endpoint to bind (a comma-separated list of daemons is for clients)"),
 ]
 
 

@@ -37,6 +37,13 @@ def test_a_socket_that_is_no_endpoint_is_named_with_what_it_should_be(endpoint, 
     assert ollamad("health", "--socket", endpoint).returncode == 3   # health: UNKNOWN
 
 
+def test_a_list_of_endpoints_is_for_clients_not_the_cli(short_tmp):
+    listed = f"ipc://{short_tmp}/a.sock,ipc://{short_tmp}/b.sock"
+    out = ollamad("status", "--socket", listed)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "names several endpoints: name one" in out.stderr
+
+
 def test_no_daemon_at_the_socket_says_so_and_health_is_unknown(short_tmp):
     out = ollamad("health", "--socket", f"ipc://{short_tmp}/absent.sock")
     assert out.returncode == 3
@@ -120,10 +127,11 @@ def test_restart_wait_follows_it_to_running_and_json_is_json(daemon):
 
 
 def test_health_exit_codes_follow_the_monitoring_plugin_convention(daemon_factory, wait_for):
-    # Ollama takes 4 s to start: STARTING within its start limit is a warning (1), not
+    # Ollama takes 8 s to start: STARTING within its start limit is a warning (1), not
     # critical; then healthy (0). The health op itself still says unhealthy: not RUNNING.
+    # (8 s: two CLI start-ups on a loaded 2-core machine have taken over 4.)
     daemon = daemon_factory({"ollama": {"startup_timeout": 30.0}}, ready=False,
-                            env={"OLLAMAD_STANDIN_STARTUP_DELAY": "4"})
+                            env={"OLLAMAD_STANDIN_STARTUP_DELAY": "8"})
     daemon.wait_bound()
     wait_for(lambda: daemon.client().status()["ollama"]["state"] == "STARTING", 10, "STARTING")
     starting = ollamad("health", "--socket", daemon.socket)

@@ -86,6 +86,7 @@ def test_broken_toml_is_reported(tmp_path):
     ("backoff_initial = 5.0\nbackoff_max = 1.0\n", "backoff_max: must be at least backoff_initial"),
     ("log_level = \"loud\"\n", "log_level: 'loud' is out of range: must be one of"),
     ("socket = \"banana\"\n", "socket: must be an ipc:// or tcp:// endpoint"),
+    ("socket = \"ipc:///a.sock,ipc:///b.sock\"\n", "socket: must be one endpoint to bind"),
 ])
 def test_ranges_and_rules_say_what_is_valid(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
