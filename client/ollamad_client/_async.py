@@ -30,7 +30,7 @@ class AsyncClient(ClientBase):
     """
 
     def _init_transport(self) -> None:
-        self._channels = LoopChannels(self.endpoint)
+        self._channels = LoopChannels(self.endpoint, self.curve)
 
     async def request(self, op: str, args: Mapping[str, Any] | None = None, *,
                       timeout: float | None = None) -> dict[str, Any]:

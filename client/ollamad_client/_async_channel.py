@@ -32,6 +32,7 @@ from . import protocol
 from ._calls import Outgoing, client_closed, no_reply, poll_ms, unreachable, went_away
 from ._connection import LIVENESS_CHECK_MS, close_socket, is_connected, open_dealer, \
     process_context
+from ._curve import CurveKeys
 from ._demux import OpenRequests
 
 _async_context: zmq.asyncio.Context | None = None
@@ -55,11 +56,13 @@ def _wake(future: asyncio.Future[None] | None) -> None:
 class AsyncChannel:
     """One DEALER socket on one event loop and the requests open on it."""
 
-    def __init__(self, endpoint: str, loop: asyncio.AbstractEventLoop):
+    def __init__(self, endpoint: str, loop: asyncio.AbstractEventLoop,
+                 curve: CurveKeys | None = None):
         self.endpoint = endpoint
+        self.curve = curve
         self.loop = loop
         self.pid = os.getpid()
-        self.socket = open_dealer(_context(), endpoint)
+        self.socket = open_dealer(_context(), endpoint, curve)
         self._plain_socket = zmq.Socket.shadow(self.socket.underlying)  # for cancels
         self._requests = OpenRequests()
         self._reading = False
@@ -80,11 +83,11 @@ class AsyncChannel:
         self._requests.open(outgoing.request_id, stream=stream)
         try:
             if not await self.socket.poll(poll_ms(connect_timeout), zmq.POLLOUT):
-                raise unreachable(self.endpoint, connect_timeout)
+                raise unreachable(self.endpoint, connect_timeout, self.curve)
             try:
                 await self.socket.send(outgoing.frame, zmq.NOBLOCK)
             except zmq.Again:  # the connection dropped since the poll
-                raise unreachable(self.endpoint, connect_timeout) from None
+                raise unreachable(self.endpoint, connect_timeout, self.curve) from None
         except BaseException:
             self.abandon(outgoing.request_id)  # sent or not, a cancel is harmless
             raise
@@ -210,8 +213,9 @@ class AsyncChannel:
 class LoopChannels:
     """A client's :class:`AsyncChannel` for each event loop it is used on."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None):
         self.endpoint = endpoint
+        self.curve = curve
         self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncChannel] = \
             weakref.WeakKeyDictionary()
         self._closed = False
@@ -224,7 +228,7 @@ class LoopChannels:
             if self._closed:
                 raise client_closed(self.endpoint)
             self._close_finished_loops()
-            channel = self._channels[loop] = AsyncChannel(self.endpoint, loop)
+            channel = self._channels[loop] = AsyncChannel(self.endpoint, loop, self.curve)
         return channel
 
     def close_all(self) -> None:

@@ -41,6 +41,7 @@ from . import protocol
 from ._calls import Outgoing, client_closed, no_reply, poll_ms, unreachable, went_away
 from ._connection import LIVENESS_CHECK_MS, close_socket, is_connected, open_dealer, \
     process_context
+from ._curve import CurveKeys
 from ._demux import OpenRequests
 from .errors import Unavailable
 
@@ -50,10 +51,11 @@ _live_thread_channels: weakref.WeakSet[ThreadChannels] = weakref.WeakSet()
 class Channel:
     """One DEALER socket and the requests open on it (see the module docstring)."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None):
         self.endpoint = endpoint
+        self.curve = curve
         self.pid = os.getpid()
-        self.socket = open_dealer(process_context(), endpoint)
+        self.socket = open_dealer(process_context(), endpoint, curve)
         self._requests = OpenRequests()
         # Re-entrant: a stream's finalizer (abandon) may run during garbage
         # collection in a thread that already holds it.
@@ -89,11 +91,11 @@ class Channel:
             self._socket_busy = True
         try:  # outside the lock: waiting for a connection may take connect_timeout
             if not self.socket.poll(poll_ms(connect_timeout), zmq.POLLOUT):
-                raise unreachable(self.endpoint, connect_timeout)
+                raise unreachable(self.endpoint, connect_timeout, self.curve)
             try:
                 self.socket.send(outgoing.frame, zmq.NOBLOCK)
             except zmq.Again:  # the connection dropped since the poll
-                raise unreachable(self.endpoint, connect_timeout) from None
+                raise unreachable(self.endpoint, connect_timeout, self.curve) from None
         except BaseException:
             with self._changed:
                 # Sent or not, a cancel is harmless: a daemon that never saw
@@ -221,8 +223,9 @@ class Channel:
 class ThreadChannels:
     """Each thread's own :class:`Channel` to one endpoint."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None):
         self.endpoint = endpoint
+        self.curve = curve
         self._local = threading.local()
         self._closed = False
         self._forget_inherited()
@@ -241,7 +244,7 @@ class ThreadChannels:
             with self._lock:
                 if self._closed:  # checked with close_all's lock: no channel escapes it
                     raise client_closed(self.endpoint)
-                channel = self._local.channel = Channel(self.endpoint)
+                channel = self._local.channel = Channel(self.endpoint, self.curve)
                 self._all.add(channel)
         return channel
 
