@@ -44,6 +44,7 @@ from . import protocol
 _LAZY = {
     "AsyncClient": "._async", "AsyncStream": "._async", "AsyncPullStream": "._async",
     "DEFAULT_ENDPOINT": "._calls", "SOCKET_ENV": "._calls", "ChatOptions": "._calls",
+    "SERVER_KEY_ENV": "._curve", "CLIENT_KEY_ENV": "._curve",
     "GenerationOptions": "._calls",
     "LegacyStream": "._legacy", "OllamaClient": "._legacy", "get_ollama_client": "._legacy",
     "Client": "._sync", "Stream": "._sync", "PullStream": "._sync",
@@ -57,6 +58,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from ._async import AsyncClient, AsyncPullStream, AsyncStream
     from ._calls import DEFAULT_ENDPOINT, SOCKET_ENV, ChatOptions, GenerationOptions
+    from ._curve import CLIENT_KEY_ENV, SERVER_KEY_ENV
     from ._legacy import LegacyStream, OllamaClient, get_ollama_client
     from ._sync import Client, PullStream, Stream
     from .errors import (ERROR_CLASSES, BackendError, BadRequest, Busy, Cancelled, Forbidden,
@@ -82,7 +84,7 @@ __all__ = [
     # modern API
     "Client", "Stream", "PullStream", "AsyncClient", "AsyncStream", "AsyncPullStream",
     "ChatOptions", "GenerationOptions",
-    "DEFAULT_ENDPOINT", "SOCKET_ENV",
+    "DEFAULT_ENDPOINT", "SOCKET_ENV", "SERVER_KEY_ENV", "CLIENT_KEY_ENV",
     # legacy API
     "OllamaClient", "LegacyStream", "get_ollama_client",
     # errors

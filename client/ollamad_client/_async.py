@@ -32,8 +32,8 @@ class AsyncClient(ClientBase):
 
     def _init_transport(self) -> None:
         self._channels: LoopChannels | LoopEndpointChannels = \
-            LoopChannels(self.endpoint) if len(self.endpoints) == 1 \
-            else LoopEndpointChannels(self.endpoints)
+            LoopChannels(self.endpoint, self.curve) if len(self.endpoints) == 1 \
+            else LoopEndpointChannels(self.endpoints, self.curve)
 
     async def request(self, op: str, args: Mapping[str, Any] | None = None, *,
                       timeout: float | None = None) -> dict[str, Any]:

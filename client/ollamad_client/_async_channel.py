@@ -33,6 +33,7 @@ from . import protocol
 from ._calls import Outgoing, client_closed, no_reply, poll_ms, unreachable, went_away
 from ._connection import LIVENESS_CHECK_MS, close_socket, is_connected, open_dealer, \
     process_context
+from ._curve import CurveKeys
 from ._demux import OpenRequests
 from ._endpoints import CONNECT_CHECK_S, EndpointsBase, RouteBase
 from .errors import Unavailable
@@ -59,14 +60,15 @@ class AsyncChannel:
     """One DEALER socket on one event loop and the requests open on it."""
 
     def __init__(self, endpoint: str, loop: asyncio.AbstractEventLoop,
-                 tally: Callable[[int], None] | None = None):
+                 curve: CurveKeys | None = None, tally: Callable[[int], None] | None = None):
         """``tally``: told +1/-1 as requests open and close (see ``OpenRequests``)."""
         self.endpoint = endpoint
+        self.curve = curve
         self.loop = loop
         self.pid = os.getpid()
         #: ``time.monotonic()`` when the socket was made (see ``_endpoints.FIRST_CONNECT_S``).
         self.opened_at = time.monotonic()
-        self.socket = open_dealer(_context(), endpoint)
+        self.socket = open_dealer(_context(), endpoint, curve)
         self._plain_socket = zmq.Socket.shadow(self.socket.underlying)  # for cancels
         self._requests = OpenRequests(tally)
         self._reading = False
@@ -95,11 +97,11 @@ class AsyncChannel:
         self._requests.open(outgoing.request_id, stream=stream)
         try:
             if not await self.socket.poll(poll_ms(connect_timeout), zmq.POLLOUT):
-                raise unreachable(self.endpoint, connect_timeout)
+                raise unreachable(self.endpoint, connect_timeout, self.curve)
             try:
                 await self.socket.send(outgoing.frame, zmq.NOBLOCK)
             except zmq.Again:  # the connection dropped since the poll
-                raise unreachable(self.endpoint, connect_timeout) from None
+                raise unreachable(self.endpoint, connect_timeout, self.curve) from None
         except BaseException:
             self.abandon(outgoing.request_id)  # sent or not, a cancel is harmless
             raise
@@ -225,8 +227,10 @@ class AsyncChannel:
 class LoopChannels:
     """A client's :class:`AsyncChannel` for each event loop it is used on."""
 
-    def __init__(self, endpoint: str, tally: Callable[[int], None] | None = None):
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None,
+                 tally: Callable[[int], None] | None = None):
         self.endpoint = endpoint
+        self.curve = curve
         self._tally = tally
         self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncChannel] = \
             weakref.WeakKeyDictionary()
@@ -240,7 +244,8 @@ class LoopChannels:
             if self._closed:
                 raise client_closed(self.endpoint)
             self._close_finished_loops()
-            channel = self._channels[loop] = AsyncChannel(self.endpoint, loop, self._tally)
+            channel = self._channels[loop] = AsyncChannel(self.endpoint, loop, self.curve,
+                                                          self._tally)
         return channel
 
     def close_all(self) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from . import protocol
+from ._curve import CurveKeys, KeySource, curve_keys
 from .errors import (InternalError, OllamadError, RequestTimeout, TooLarge, Unavailable,
                      from_error_object, from_wire)
 
@@ -210,9 +211,17 @@ def check_endpoint(endpoint: str) -> str:
                      f"tcp://HOST:PORT{hint}")
 
 
-def unreachable(endpoint: str, connect_timeout: float) -> Unavailable:
-    """Why no connection came: the socket file's permissions, its absence, or silence."""
+def unreachable(endpoint: str, connect_timeout: float,
+                curve: CurveKeys | None = None) -> Unavailable:
+    """Why no connection came: the socket file's permissions, its absence, refused
+    keys, or silence."""
     head = f"ollamad is not reachable at {endpoint}"
+    if curve is not None and endpoint.startswith("tcp://"):
+        return Unavailable(
+            f"{head} (no connection within {connect_timeout:g} s): is the daemon running, "
+            f"and does it accept this client's CURVE key {curve.public.decode()}? Its "
+            f"authorized_clients must list that key, and the server key must be the "
+            f"daemon's public key ({curve.server_public.decode()} here)")
     path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
     if path:
         try:
@@ -380,12 +389,17 @@ class ClientBase:
     def __init__(self, socket: str | Sequence[str] | None = None, *, model: str | None = None,
                  timeout: float | None = None, connect_timeout: float = 1.0,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
-                 app: str | None = None):
+                 app: str | None = None, server_key: KeySource | None = None,
+                 client_key: KeySource | None = None):
         #: The daemons' ZeroMQ endpoints (``ipc://...`` or ``tcp://host:port``),
         #: one unless the client was given several.
         self.endpoints = parse_endpoints(socket)
         #: The endpoints, joined by commas (the one endpoint, for most clients).
         self.endpoint = ",".join(self.endpoints)
+        #: CURVE keys for tcp endpoints (arguments, else ``$OLLAMAD_SERVER_KEY`` and
+        #: ``$OLLAMAD_CLIENT_KEY``); None: plain tcp. A bad key is a ValueError now.
+        self.curve = curve_keys(server_key, client_key)
+        self._key_sources = (server_key, client_key)    # for the clients :meth:`at` makes
         #: Model for generation calls that name none (``None``: the daemon's default).
         self.model = model
         #: The app this client's requests belong to (the daemon accounts and
@@ -429,7 +443,8 @@ class ClientBase:
         made = type(self)(endpoint, model=self.model,
                           timeout=self.timeout if self._timeout_given else None,
                           connect_timeout=self.connect_timeout,
-                          max_message_bytes=self.max_message_bytes, app=self.app)
+                          max_message_bytes=self.max_message_bytes, app=self.app,
+                          server_key=self._key_sources[0], client_key=self._key_sources[1])
         return self._at.setdefault(endpoint, made)  # two threads may race: one wins
 
     def _close(self) -> None:

@@ -43,6 +43,7 @@ from . import protocol
 from ._calls import Outgoing, client_closed, no_reply, poll_ms, unreachable, went_away
 from ._connection import LIVENESS_CHECK_MS, close_socket, is_connected, open_dealer, \
     process_context
+from ._curve import CurveKeys
 from ._demux import OpenRequests
 from ._endpoints import CONNECT_CHECK_S, EndpointsBase, RouteBase
 from .errors import Unavailable
@@ -53,13 +54,15 @@ _live_thread_channels: weakref.WeakSet[ThreadChannels] = weakref.WeakSet()
 class Channel:
     """One DEALER socket and the requests open on it (see the module docstring)."""
 
-    def __init__(self, endpoint: str, tally: Callable[[int], None] | None = None):
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None,
+                 tally: Callable[[int], None] | None = None):
         """``tally``: told +1/-1 as requests open and close (see ``OpenRequests``)."""
         self.endpoint = endpoint
+        self.curve = curve
         self.pid = os.getpid()
         #: ``time.monotonic()`` when the socket was made (see ``_endpoints.FIRST_CONNECT_S``).
         self.opened_at = time.monotonic()
-        self.socket = open_dealer(process_context(), endpoint)
+        self.socket = open_dealer(process_context(), endpoint, curve)
         self._requests = OpenRequests(tally)
         # Re-entrant: a stream's finalizer (abandon) may run during garbage
         # collection in a thread that already holds it.
@@ -109,11 +112,11 @@ class Channel:
             self._socket_busy = True
         try:  # outside the lock: waiting for a connection may take connect_timeout
             if not self.socket.poll(poll_ms(connect_timeout), zmq.POLLOUT):
-                raise unreachable(self.endpoint, connect_timeout)
+                raise unreachable(self.endpoint, connect_timeout, self.curve)
             try:
                 self.socket.send(outgoing.frame, zmq.NOBLOCK)
             except zmq.Again:  # the connection dropped since the poll
-                raise unreachable(self.endpoint, connect_timeout) from None
+                raise unreachable(self.endpoint, connect_timeout, self.curve) from None
         except BaseException:
             with self._changed:
                 # Sent or not, a cancel is harmless: a daemon that never saw
@@ -241,8 +244,10 @@ class Channel:
 class ThreadChannels:
     """Each thread's own :class:`Channel` to one endpoint."""
 
-    def __init__(self, endpoint: str, tally: Callable[[int], None] | None = None):
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None,
+                 tally: Callable[[int], None] | None = None):
         self.endpoint = endpoint
+        self.curve = curve
         self._tally = tally
         self._local = threading.local()
         self._closed = False
@@ -262,7 +267,7 @@ class ThreadChannels:
             with self._lock:
                 if self._closed:  # checked with close_all's lock: no channel escapes it
                     raise client_closed(self.endpoint)
-                channel = self._local.channel = Channel(self.endpoint, self._tally)
+                channel = self._local.channel = Channel(self.endpoint, self.curve, self._tally)
                 self._all.add(channel)
         return channel
 

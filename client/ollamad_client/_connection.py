@@ -36,6 +36,8 @@ from typing import Any, TypeVar, cast
 
 import zmq
 
+from ._curve import CurveKeys
+
 SocketT = TypeVar("SocketT", bound=zmq.Socket)
 
 #: Zmq objects a forked child inherited from its parent: kept referenced so
@@ -73,15 +75,24 @@ def process_context() -> zmq.Context:
     return _context
 
 
-def open_dealer(context: zmq.Context[SocketT], endpoint: str) -> SocketT:
-    """A DEALER connecting to ``endpoint`` (async if ``context`` is a ``zmq.asyncio.Context``).
+def open_dealer(context: zmq.Context[SocketT], endpoint: str,
+                curve: CurveKeys | None = None) -> SocketT:
+    """A DEALER connecting to ``endpoint`` (async if ``context`` is a ``zmq.asyncio.Context``),
+    a CURVE client of the daemon when ``curve`` is given and the endpoint is tcp.
 
     No ``MAXMSGSIZE`` on this side: replies (embeddings) may legitimately be
     larger than requests, and libzmq would drop the connection without a word.
+    A daemon that refuses the keys never completes the handshake, so the
+    connection never comes up (the caller hears ``unavailable`` after its
+    ``connect_timeout``).
     """
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.IMMEDIATE, 1)
     dealer.setsockopt(zmq.LINGER, 0)
+    if curve is not None and endpoint.startswith("tcp://"):
+        dealer.curve_serverkey = curve.server_public
+        dealer.curve_publickey = curve.public
+        dealer.curve_secretkey = curve.secret
     try:
         dealer.connect(endpoint)
     except zmq.ZMQError as exc:

@@ -151,13 +151,16 @@ class EndpointsBase:
     one ``per_endpoint`` (``ThreadChannels`` or ``LoopChannels``) each, and a
     ``route`` over this thread's (or loop's) channels per request."""
 
-    per_endpoint: Callable[[str, Callable[[int], None]], Any]
+    per_endpoint: Callable[[str, Any, Callable[[int], None]], Any]
     route: Callable[[list[Any], LeastOutstanding], Any]
 
-    def __init__(self, endpoints: Sequence[str]):
+    def __init__(self, endpoints: Sequence[str], curve: Any = None):
+        """``curve``: the ``CurveKeys`` every tcp endpoint uses (one server key pair
+        for the pool of daemons), or None."""
         self.endpoint = ",".join(endpoints)
         self.chooser = LeastOutstanding(len(endpoints))
-        self._each = [self.per_endpoint(endpoint, functools.partial(self.chooser.tally, index))
+        self._each = [self.per_endpoint(endpoint, curve,
+                                        functools.partial(self.chooser.tally, index))
                       for index, endpoint in enumerate(endpoints)]
 
     def current(self) -> Any:

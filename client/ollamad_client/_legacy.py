@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ._curve import KeySource
 from ._sync import Client, Stream
 from .errors import OllamadError
 
@@ -143,7 +144,9 @@ class OllamaClient:
     ``timeout`` and wins over it; ``connect_timeout`` how long a call waits
     for the daemon to accept a connection before reporting ``unavailable``;
     ``app`` the app name the daemon accounts this process's requests to
-    (default ``$OLLAMAD_APP``, else the program's name).
+    (default ``$OLLAMAD_APP``, else the program's name); ``server_key`` and
+    ``client_key`` the CURVE keys of a tcp endpoint (default
+    ``$OLLAMAD_SERVER_KEY`` and ``$OLLAMAD_CLIENT_KEY``, see :class:`Client`).
 
     Thread-safe. Methods never raise for request failures: results carry
     ``success=False``, ``error`` (the message) and ``error_code``.
@@ -153,7 +156,8 @@ class OllamaClient:
                  timeout: float | None = None, max_retries: int | None = None,
                  max_workers: int | None = None, *, socket: str | Sequence[str] | None = None,
                  request_timeout: float | None = None, connect_timeout: float = 1.0,
-                 app: str | None = None):
+                 app: str | None = None, server_key: KeySource | None = None,
+                 client_key: KeySource | None = None):
         for name, value in (("base_url", base_url), ("max_retries", max_retries),
                             ("max_workers", max_workers)):
             if value is not None:
@@ -165,7 +169,8 @@ class OllamaClient:
         deadline = request_timeout if request_timeout is not None else timeout
         #: The underlying exception-raising :class:`Client`, for code moving on to it.
         self.client = Client(socket, model=model, timeout=deadline,
-                             connect_timeout=connect_timeout, app=app)
+                             connect_timeout=connect_timeout, app=app, server_key=server_key,
+                             client_key=client_key)
         #: Each request's deadline in seconds.
         self.timeout = self.request_timeout = self.client.timeout
 

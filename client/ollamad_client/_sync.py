@@ -18,18 +18,25 @@ class Client(ClientBase):
     """Blocking client for ollamad; failures raise :class:`OllamadError` subclasses.
 
     ``Client(socket=None, *, model=None, timeout=None, connect_timeout=1.0,
-    max_message_bytes=4 MiB, app=None)``: ``socket`` is the daemon's ZeroMQ endpoint
-    (default ``$OLLAMAD_SOCKET`` or ``ipc:///run/ollamad/ollamad.sock``), or
-    several daemons' (a list, or one comma-separated string, in
-    ``$OLLAMAD_SOCKET`` too): each request then goes to the one of those
-    with a connection on which this client has the fewest requests open (in
-    turn when even), and one that is down is skipped until it is back;
+    max_message_bytes=4 MiB, app=None, server_key=None, client_key=None)``: ``socket``
+    is the daemon's ZeroMQ endpoint (default ``$OLLAMAD_SOCKET`` or
+    ``ipc:///run/ollamad/ollamad.sock``), or several daemons' (a list, or one
+    comma-separated string, in ``$OLLAMAD_SOCKET`` too): each request then goes
+    to the one of those with a connection on which this client has the fewest
+    requests open (in turn when even), and one that is down is skipped until it
+    is back;
     ``model`` the model for calls that name none (default: the daemon's);
     ``timeout`` each request's default deadline in seconds (none given: 60 s,
     or the profile's for a call naming one); ``connect_timeout`` how long a
     call waits for a connection before raising ``Unavailable``; ``app`` the
     app name the daemon accounts this client's requests to and shares slots
-    by (default ``$OLLAMAD_APP``, else the program's name).
+    by (default ``$OLLAMAD_APP``, else the program's name); ``server_key`` (the
+    daemon's public key in Z85, or its ``server.key`` file; default
+    ``$OLLAMAD_SERVER_KEY``) and ``client_key`` (this client's ``NAME.key_secret``
+    file; default ``$OLLAMAD_CLIENT_KEY``) make a tcp connection a CURVE client:
+    encrypted, the daemon proven by its key, this client known by its key's
+    name. A bad key raises ``ValueError`` here; a daemon that refuses the key
+    is ``Unavailable`` after ``connect_timeout``.
 
     Share one client between threads freely: each thread gets one socket,
     which all its calls and streams share (replies are told apart by request
@@ -50,8 +57,8 @@ class Client(ClientBase):
 
     def _init_transport(self) -> None:
         self._channels: ThreadChannels | EndpointChannels = \
-            ThreadChannels(self.endpoint) if len(self.endpoints) == 1 \
-            else EndpointChannels(self.endpoints)
+            ThreadChannels(self.endpoint, self.curve) if len(self.endpoints) == 1 \
+            else EndpointChannels(self.endpoints, self.curve)
 
     # -- the generic call ---------------------------------------------------
 

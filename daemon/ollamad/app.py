@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from ollamad import __version__, config as config_mod, requestlog
+from ollamad import __version__, config as config_mod, curvekeys, requestlog
 from ollamad.args import GenerationDefaults, Limits
 from ollamad.backend import OllamaBackend
 from ollamad.config import Config
@@ -45,6 +45,7 @@ from ollamad.serving.outbox import Outbox
 from ollamad.serving.registry import OpenRequests
 from ollamad.prometheus import Collector, MetricsListener
 from ollamad.serving.router import BindError, Peer, RouterSocket, ipc_path, socket_group_id
+from ollamad.serving.security import EndpointSecurity
 from ollamad.supervisor import Supervisor, SupervisorError
 from ollamad_client.protocol import Error, ErrorCode
 
@@ -136,6 +137,7 @@ class Daemon:
             loads=lambda: self.loads.snapshot(), pulls=lambda: self.pulls.snapshot())
         self._stopping = False
         self._router: RouterSocket | None = None
+        self._security: EndpointSecurity | None = None
         self._context: zmq.Context | None = None
         self._loop: IOLoop | None = None
         self._next_policy_check = 0.0
@@ -153,11 +155,17 @@ class Daemon:
                         "LimitNOFILE=)", self.requests.max_connections, files)
         socket_gid = socket_group_id(self.config.socket_group) if ipc_path(self.config.socket) \
             else None
+        # A ConfigError for unsafe tcp or bad key files; its ZAP handler is bound
+        # before the ROUTER, which must never be without one.
         self._context = zmq.Context()
+        self._security = EndpointSecurity.start(self._context, self.config,
+                                                self.request_metrics)
         self._router = RouterSocket(self._context, self.config.socket,
                                     self.config.max_message_bytes, self.config.socket_mode,
                                     socket_gid=socket_gid,
-                                    listener_fd=self._passed_listener(self.config.socket))
+                                    listener_fd=self._passed_listener(self.config.socket),
+                                    curve_secret_key=self._security.curve_secret_key,
+                                    on_handshake_failure=self._security.handshake_failed)
         self._loop = IOLoop(self._router, self.dispatcher, self.request_metrics, self.requests,
                             self.outbox, self.notifier, on_signal=self._on_signal,
                             housekeeping=self._housekeeping, threads_alive=self.threads_alive)
@@ -236,6 +244,8 @@ class Daemon:
     def _close(self) -> None:
         if self._router is not None:
             self._router.close()
+        if self._security is not None:   # after the ROUTER: never one without a ZAP handler
+            self._security.stop(timeout=2.0)
         if self._context is not None:
             self._context.term()
         if self._loop is not None:
@@ -260,6 +270,8 @@ class Daemon:
             dead.append("the GPU monitor")
         if self.metrics_listener is not None and not self.metrics_listener.alive():
             dead.append("the metrics listener")
+        if self._security is not None and not self._security.alive():
+            dead.append("the ZAP handler")
         return dead
 
     # -- signals ----------------------------------------------------------
@@ -281,6 +293,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = self._reload_config()
+            clients = curvekeys.authorized_clients(new)
         except config_mod.ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             self.notifier.ready()
@@ -298,6 +311,8 @@ class Daemon:
         self.leak_policy = VramLeakPolicy(new.gpu.leak_threshold_bytes or None, new.gpu.leak_duration)
         set_level(new.log_level)
         requestlog.configure(new.metrics.request_log)
+        if self._security is not None:
+            self._security.reload(clients)
         self.config = new
         later = {Applies.DAEMON_RESTART: changed.get(Applies.DAEMON_RESTART, []),
                  Applies.OLLAMA_RESTART: sorted(set(changed.get(Applies.OLLAMA_RESTART, []))

@@ -4,7 +4,7 @@
 ``models``, ``top``, ``generate``, ``restart`` and ``pull`` talk to a running daemon
 through the client library; ``stand-in`` runs the bundled Ollama stand-in;
 ``install-systemd`` installs the unit; ``example-config`` prints the config
-file with every default.
+file with every default; ``keygen`` makes CURVE keys for a tcp endpoint.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _serve(ns: argparse.Namespace) -> int:
     daemon = Daemon(config, reload_config=load)
     try:
         daemon.bind()
-    except config_mod.ConfigError as exc:
+    except config_mod.ConfigError as exc:   # the key files, a tcp endpoint that needs CURVE
         print(f"ollamad: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
     except SupervisorError as exc:
@@ -99,9 +99,11 @@ def _client(ns: argparse.Namespace):
     from ollamad_client._calls import check_endpoint
     try:
         check_endpoint(ns.socket)
-    except ValueError as exc:
+        # CURVE keys for tcp come from $OLLAMAD_SERVER_KEY and $OLLAMAD_CLIENT_KEY.
+        return Client(ns.socket, timeout=ns.timeout,
+                      app=getattr(ns, "app", None) or "ollamad-cli")
+    except ValueError as exc:   # not an endpoint, or bad keys
         raise UsageError(str(exc)) from None
-    return Client(ns.socket, timeout=ns.timeout, app=getattr(ns, "app", None) or "ollamad-cli")
 
 
 def _query(op: str, render: Callable[[dict[str, Any]], str]) -> Callable[[argparse.Namespace], int]:
@@ -239,6 +241,11 @@ def _install_systemd(argv: list[str]) -> int:
     return install_main(argv)
 
 
+def _keygen(ns: argparse.Namespace) -> int:
+    from ollamad import keygen
+    return keygen.main(ns)
+
+
 def _example_config(ns: argparse.Namespace) -> int:
     from ollamad.config import example_toml
     sys.stdout.write(example_toml())
@@ -325,6 +332,12 @@ def _parser() -> argparse.ArgumentParser:
                         add_help=False)
     commands.add_parser("example-config", help="print the config file with all defaults") \
         .set_defaults(handler=_example_config)
+
+    from ollamad import keygen
+    keys = commands.add_parser("keygen", help="make CURVE keys for a tcp endpoint: the "
+                               "server's pair, or a client's (--client NAME)")
+    keygen.add_arguments(keys)
+    keys.set_defaults(handler=_keygen)
     return parser
 
 

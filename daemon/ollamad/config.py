@@ -136,7 +136,8 @@ class SchedulingSettings:
 
 @dataclass(frozen=True)
 class TenantSettings:
-    """Limits per user (uid: all its apps together); [user_limits."USER"] overrides them."""
+    """Limits per user (uid, or CURVE key on tcp: all its apps together);
+    [user_limits."USER"] overrides them."""
 
     max_queued: int = setting(1024, "items (each prompt of a batch) a user may have waiting; "
                               "more are `busy`", low=1, high=1_000_000)
@@ -157,6 +158,20 @@ class MetricsSettings:
                                      low=1, high=10_000, applies=DAEMON)
     request_log: str = setting("info", "level of the one log line per finished model "
                                "request", choices=("off", "debug", "info"))
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    """ZeroMQ CURVE on a tcp endpoint: encryption, the server's identity, client keys."""
+
+    secret_key: str = setting("", "the server's secret certificate file (`ollamad keygen` "
+                              "writes /etc/ollamad/curve/server.key_secret); set: a tcp "
+                              "endpoint serves only CURVE clients; empty: tcp only on "
+                              "loopback, unauthenticated. ipc ignores it", applies=DAEMON)
+    authorized_clients: str = setting("", "the clients a CURVE endpoint serves: a file of "
+                                      "`NAME PUBLIC_KEY` lines (`ollamad keygen --client "
+                                      "NAME` prints one); re-read on reload; the name is "
+                                      "the client's tenant (key:NAME)")
 
 
 @dataclass(frozen=True)
@@ -219,14 +234,16 @@ class Config:
     scheduling: SchedulingSettings = setting(SchedulingSettings, "scheduling")
     tenants: TenantSettings = setting(TenantSettings, "tenants")
     metrics: MetricsSettings = setting(MetricsSettings, "metrics")
+    curve: CurveSettings = setting(CurveSettings, "CURVE")
     #: Canonical model name -> runner options (:mod:`ollamad.ollama.runner`).
     runner_options: dict = table(
         "runner options per model; every request for the model carries them, and a client "
         "asking for others is refused (see ollama.client_runner_options)",
         ['[runner_options."llama3.1:8b"]', "num_ctx = 8192", "num_batch = 512"])
-    #: uid -> the [tenants] limits it overrides.
+    #: uid (or "key:NAME") -> the [tenants] limits it overrides.
     user_limits: dict = table(
-        "limits for one user (a name or a uid), over the [tenants] defaults",
+        "limits for one user (a name or a uid), or for the tcp clients of one CURVE key "
+        "(\"key:NAME\", NAME as in curve.authorized_clients), over the [tenants] defaults",
         ['[user_limits."nobody"]', "max_concurrent = 2", "max_queued = 20000"])
     #: Name -> :class:`~ollamad.configtables.Profile`.
     profiles: dict = table(
@@ -239,7 +256,7 @@ class Config:
 
 
 _SECTIONS = {"ollama": OllamaSettings, "gpu": GpuSettings, "scheduling": SchedulingSettings,
-             "tenants": TenantSettings, "metrics": MetricsSettings}
+             "tenants": TenantSettings, "metrics": MetricsSettings, "curve": CurveSettings}
 #: Table field -> its parser (:mod:`ollamad.configtables`).
 _TABLES = {
     "runner_options": configtables.runner_options,
@@ -273,6 +290,12 @@ RULES = [
          "must be an ipc:// or tcp:// endpoint"),
     Rule(("socket",), lambda c: "," not in c.socket,
          "must be one endpoint to bind (a comma-separated list of daemons is for clients)"),
+    # CURVE without a list of clients would serve nobody (or, with an empty
+    # list, any key: encryption without authentication); a list alone, nothing.
+    Rule(("curve.authorized_clients", "curve.secret_key"),
+         lambda c: bool(c.curve.authorized_clients) == bool(c.curve.secret_key),
+         "must be set exactly when curve.secret_key is: the server's key pair and the "
+         "clients it serves go together"),
 ]
 
 

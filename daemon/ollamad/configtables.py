@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 from ollamad import goduration
 from ollamad.configspec import ConfigError
+from ollamad.curvekeys import KEY_NAME, KEY_USER_PREFIX
 from ollamad.ollama import names, runner
 from ollamad_client.protocol import MAX_TIMEOUT
 
@@ -52,18 +53,20 @@ def runner_options(value: Any, where: Any) -> dict[str, dict[str, Any]]:
     return tables
 
 
-def user_limits(value: Any, where: Any, defaults: Any) -> dict[int, dict[str, Any]]:
-    """``[user_limits."USER"]`` tables (a user name or a uid), keyed by uid.
+def user_limits(value: Any, where: Any, defaults: Any) -> dict[int | str, dict[str, Any]]:
+    """``[user_limits."USER"]`` tables (a user name or a uid), keyed by uid, and
+    ``[user_limits."key:NAME"]`` tables for a CURVE key's clients on tcp, keyed by
+    ``"key:NAME"`` (a string: it can never stand for a uid).
 
     ``defaults`` is the ``[tenants]`` settings object: a table may set any of
     its keys, checked by the same specs.
     """
     specs = {f.name: f.metadata["spec"] for f in dataclasses.fields(defaults)}
-    by_uid: dict[int, dict[str, Any]] = {}
+    by_user: dict[int | str, dict[str, Any]] = {}
     for user, limits in _tables("user_limits", value, where, '[user_limits."alice"]').items():
-        uid = _uid(user, where)
-        if uid in by_uid:
-            raise ConfigError(f"user_limits.{user!r}: uid {uid} is configured twice ({where})")
+        who = _principal(user, where)
+        if who in by_user:
+            raise ConfigError(f"user_limits.{user!r}: uid {who} is configured twice ({where})")
         checked = {}
         for key, limit in limits.items():
             spec = specs.get(key)
@@ -77,11 +80,17 @@ def user_limits(value: Any, where: Any, defaults: Any) -> dict[int, dict[str, An
                 raise ConfigError(f"user_limits.{user!r}.{key}: {limit!r} is not valid: must be "
                                   f"{spec.describe()} ({where})")
             checked[key] = limit
-        by_uid[uid] = checked
-    return by_uid
+        by_user[who] = checked
+    return by_user
 
 
-def _uid(user: str, where: str) -> int:
+def _principal(user: str, where: str) -> int | str:
+    """A uid, or ``"key:NAME"`` for a CURVE key (the name as authorized_clients has it)."""
+    if user.startswith(KEY_USER_PREFIX):
+        if not KEY_NAME.fullmatch(user[len(KEY_USER_PREFIX):]):
+            raise ConfigError(f"user_limits.{user!r}: a key name is 1 to 64 letters, digits "
+                              f"or ._@+- characters ({where})")
+        return user
     if user.isdigit():
         return int(user)
     try:

@@ -112,6 +112,10 @@ class Metrics:
         self._attempts_retried = 0
         self.dropped_messages = 0     # malformed with no id, or unroutable replies
         self.rejected_busy = 0
+        #: Connections the ZAP handler refused (an unknown CURVE key, no keys where needed).
+        self.auth_refusals = 0
+        #: Connections whose ZeroMQ handshake failed (no CURVE, or the wrong server key).
+        self.handshake_failures = 0
         self._lanes = _Shares()
         self._tenants = _Shares(MAX_TENANTS)
 
@@ -179,6 +183,14 @@ class Metrics:
         with self._lock:
             self.rejected_busy += 1
 
+    def count_auth_refusal(self) -> None:
+        with self._lock:   # called on the ZAP handler's thread
+            self.auth_refusals += 1
+
+    def count_handshake_failure(self) -> None:
+        with self._lock:
+            self.handshake_failures += 1
+
     def snapshot(self, **gauges: Any) -> dict[str, Any]:
         """All figures; ``gauges`` (queue depth, in flight, GPU...) are merged in."""
         with self._lock:
@@ -202,6 +214,8 @@ class Metrics:
                 "errors": dict(self._errors),
                 "dropped_messages": self.dropped_messages,
                 "rejected_busy": self.rejected_busy,
+                "auth_refusals": self.auth_refusals,
+                "handshake_failures": self.handshake_failures,
                 "uptime_s": round(time.time() - self._started, 3),
             }
         figures.update(gauges)

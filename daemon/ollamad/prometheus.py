@@ -91,6 +91,12 @@ def _requests(series: dict[str, Any], metrics: dict[str, Any]) -> Iterator[Metri
                    ["op", "lane"], series["retries"])
     yield _counter("ollamad_busy_rejections", "Requests refused busy (a queue or a byte "
                    "bound full)", [], {(): metrics.get("rejected_busy", 0)})
+    yield _counter("ollamad_auth_refusals", "Connections the ZAP handler refused (a CURVE "
+                   "key not in authorized_clients, a peer without keys where they are needed)",
+                   [], {(): metrics.get("auth_refusals", 0)})
+    yield _counter("ollamad_handshake_failures", "Connections whose ZeroMQ handshake failed "
+                   "(a client without CURVE on a CURVE endpoint, a wrong server key)", [],
+                   {(): metrics.get("handshake_failures", 0)})
     yield _counter("ollamad_dropped_messages", "Messages without a usable id, and replies "
                    "nobody could take", [], {(): metrics.get("dropped_messages", 0)})
 

@@ -190,7 +190,7 @@ def test_top_shows_live_figures_in_a_terminal_and_quits_on_q(shared_daemon):
 
 
 @pytest.mark.parametrize("command", ["serve", "status", "health", "top", "generate", "restart",
-                                     "pull"])
+                                     "pull", "keygen"])
 def test_every_flag_says_what_it_does(command):
     out = ollamad(command, "--help")
     assert out.returncode == 0
@@ -203,3 +203,39 @@ def test_every_flag_says_what_it_does(command):
         index = next(i for i, line in enumerate(lines) if line.startswith(f"  {flag}"))
         text = rest.strip() or lines[index + 1].strip()
         assert text and not text.startswith("-"), f"{command} {flag} has no help"
+
+
+def test_keygen_makes_zeromq_certificates_with_safe_modes_and_never_overwrites(tmp_path):
+    import zmq
+    import zmq.auth
+    from ollamad.curvekeys import load_authorized_clients, load_server_key
+
+    where = tmp_path / "curve"
+    made = ollamad("keygen", "--dir", str(where), "--owner", "nobody")
+    assert made.returncode == 0, made.stderr
+    public, secret = where / "server.key", where / "server.key_secret"
+    assert made.stdout.strip() == zmq.auth.load_certificate(public)[0].decode()
+    assert (public.stat().st_mode & 0o777, secret.stat().st_mode & 0o777) == (0o644, 0o600)
+    assert secret.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    assert load_server_key(str(secret)).public.decode() == made.stdout.strip()
+    assert f'secret_key = "{secret}"' in made.stderr
+    assert load_authorized_clients(str(where / "authorized_clients")).names == {}
+
+    again = ollamad("keygen", "--dir", str(where))
+    assert again.returncode == 1 and "exist: keep them, or replace them with --force" \
+        in again.stderr
+    forced = ollamad("keygen", "--dir", str(where), "--force")
+    assert forced.returncode == 0 and forced.stdout != made.stdout
+    assert secret.stat().st_mode & 0o777 == 0o600
+
+    client = ollamad("keygen", "--client", "alice", "--dir", str(where))
+    assert client.returncode == 0, client.stderr
+    line = client.stdout.strip()
+    assert line == f"alice {zmq.auth.load_certificate(where / 'alice.key')[0].decode()}"
+    assert (where / "alice.key_secret").stat().st_mode & 0o777 == 0o600
+    with open(where / "authorized_clients", "a") as clients:
+        clients.write(line + "\n")
+    assert list(load_authorized_clients(str(where / "authorized_clients")).names.values()) \
+        == ["alice"]
+    bad = ollamad("keygen", "--client", "a:b", "--dir", str(where))
+    assert bad.returncode == 1 and "'a:b' is no key name" in bad.stderr

@@ -119,7 +119,7 @@ def test_dropped_items_leave_the_counts_at_once_and_are_never_handed_out():
     for item in items[:150]:
         item.state = "dropped"
         scheduler.dropped(item)
-    assert scheduler.queued == 50 and scheduler.queued_for_uid(1000) == 50
+    assert scheduler.queued == 50 and scheduler.queued_for(1000) == 50
     assert run(scheduler, 1) == ["a150"]
     assert [t.name for t in scheduler.take_all()] == [f"a{i}" for i in range(151, 200)]
     assert scheduler.queued == 0 and scheduler.next() is None

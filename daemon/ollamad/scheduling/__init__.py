@@ -15,13 +15,13 @@ from ollamad import goduration
 from ollamad.ollama import names
 from ollamad.scheduling.admission import Admission, Ticket
 from ollamad.scheduling.policy import (BATCH, INTERACTIVE, LANES, LanePolicy, LimitBook,
-                                       ModelPolicy, Tenant, UserLimits)
+                                       ModelPolicy, Tenant, UserLimits, principal)
 from ollamad.scheduling.pool import NOBODY, ProgressTracker, Refusal, Task, WorkerPool
 from ollamad.scheduling.scheduler import Scheduler
 
 __all__ = ["Admission", "BATCH", "INTERACTIVE", "LANES", "LanePolicy", "LimitBook",
            "ModelPolicy", "NOBODY", "ProgressTracker", "Refusal", "Scheduler", "Task", "Tenant", "Ticket",
-           "UserLimits", "WorkerPool", "admission_from_config", "lane_policy", "limit_book"]
+           "UserLimits", "principal", "WorkerPool", "admission_from_config", "lane_policy", "limit_book"]
 
 
 def lane_policy(config: Any) -> LanePolicy:
@@ -32,8 +32,8 @@ def lane_policy(config: Any) -> LanePolicy:
 def limit_book(config: Any) -> LimitBook:
     default = UserLimits(config.tenants.max_queued, config.tenants.max_concurrent,
                          config.tenants.max_timeout)
-    return LimitBook(default, {uid: UserLimits(**{**default.__dict__, **overrides})
-                               for uid, overrides in config.user_limits.items()})
+    return LimitBook(default, {who: UserLimits(**{**default.__dict__, **overrides})
+                               for who, overrides in config.user_limits.items()})
 
 
 def model_policy(config: Any) -> ModelPolicy:

@@ -1,8 +1,9 @@
 """Admission of a model request: whose it is, which lane, its profile, and the host's policy.
 
 Runs on the I/O thread before anything is queued. :meth:`Admission.ticket`
-turns a request and the uid the kernel proved into a :class:`Ticket`: the
-tenant (uid and declared app), the lane (``priority``, else the profile's,
+turns a request and the uid the kernel proved (or, on tcp, the CURVE key's
+name the ZAP handler proved) into a :class:`Ticket`: the tenant (uid or key,
+and declared app), the lane (``priority``, else the profile's,
 else the op's default), the arguments with the profile's filled in under the
 request's own, and the deadline (the request's ``timeout``; one nobody
 chose is the profile's, else the daemon's default, cut to the user's
@@ -20,7 +21,8 @@ from typing import Any, Callable, Mapping
 from ollamad.configtables import PRIORITIES, Profile
 from ollamad.ollama import names
 from ollamad.retry import OllamaFailure
-from ollamad.scheduling.policy import BATCH, INTERACTIVE, LimitBook, ModelPolicy, Tenant
+from ollamad.scheduling.policy import (BATCH, INTERACTIVE, LimitBook, ModelPolicy, Tenant,
+                                       principal)
 from ollamad_client.protocol import Error, ErrorCode, Request
 
 #: The app of a request that names none (a client older than tenants).
@@ -57,7 +59,8 @@ class Admission:
     #: Canonical names of the models Ollama has loaded now.
     loaded: Callable[[], set[str]] = set
 
-    def ticket(self, request: Request, uid: int | None) -> Ticket:
+    def ticket(self, request: Request, uid: int | None, key: str | None = None) -> Ticket:
+        """``uid``: the peer's on ipc; ``key``: its CURVE key's name on tcp."""
         args = request.args
         profile = self._profile(args.get("profile"))
         if profile is not None:
@@ -68,7 +71,7 @@ class Admission:
                                                                              INTERACTIVE)
         elif lane not in PRIORITIES:
             raise _bad(f"'priority' must be one of {', '.join(PRIORITIES)}")
-        longest = self.limits.of(uid).max_timeout
+        longest = self.limits.of(principal(uid, key)).max_timeout
         timeout = request.timeout
         if not request.timeout_given:   # nobody chose it: the profile's, within the limit
             if profile is not None and profile.timeout is not None:
@@ -77,7 +80,7 @@ class Admission:
         elif timeout > longest:
             raise Refused(ErrorCode.BUSY, f"a timeout of {timeout:g} s is over this user's limit "
                           f"(tenants.max_timeout = {longest:g} s): ask for at most {longest:g} s")
-        return Ticket(Tenant(uid, request.app or UNNAMED_APP), lane, args, timeout,
+        return Ticket(Tenant(uid, request.app or UNNAMED_APP, key), lane, args, timeout,
                       profile.name if profile else None)
 
     def _profile(self, name: Any) -> Profile | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ollamad import goduration
+from ollamad.curvekeys import KEY_USER_PREFIX
 
 INTERACTIVE = "interactive"
 BATCH = "batch"
@@ -29,25 +30,43 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
+#: Who limits are counted for: a uid (ipc), "key:NAME" (a CURVE key, tcp), or None
+#: (tcp without CURVE: all such peers together). A uid is an int and a key a
+#: string, so no key name can stand for a uid.
+Principal = int | str | None
+
+
+def principal(uid: int | None, key: str | None) -> Principal:
+    return KEY_USER_PREFIX + key if key is not None else uid
+
+
 @dataclass(frozen=True)
 class Tenant:
-    """Who a request belongs to: the uid the kernel proves (None on tcp) and the app
-    name the client declares. The app is for accounting and fairness; limits that
-    protect the host key on the uid, which the app cannot change."""
+    """Who a request belongs to: the uid the kernel proves (ipc) or the CURVE key's
+    name that the ZAP handler proved (tcp), and the app name the client declares.
+    The app is for accounting and fairness; limits that protect the host key on
+    the uid or the key, which the app cannot change."""
 
     uid: int | None
     app: str
+    key: str | None = None
 
     def __hash__(self) -> int:
         # Hashed several times per request by the scheduler's counts: once is enough.
         try:
             return self._hash    # type: ignore[has-type]
         except AttributeError:
-            object.__setattr__(self, "_hash", hash((self.uid, self.app)))
+            object.__setattr__(self, "_hash", hash((self.uid, self.app, self.key)))
             return self._hash
 
     @property
+    def principal(self) -> Principal:
+        return principal(self.uid, self.key)
+
+    @property
     def user(self) -> str:
+        if self.key is not None:
+            return KEY_USER_PREFIX + self.key
         return "tcp" if self.uid is None else _user_name(self.uid)
 
     def label(self) -> str:
@@ -88,7 +107,7 @@ class LanePolicy:
 
 @dataclass(frozen=True)
 class UserLimits:
-    """What one uid (all its apps together) may hold of the daemon."""
+    """What one uid or key (all its apps together) may hold of the daemon."""
 
     #: Items (a batch counts each prompt) waiting for a slot.
     max_queued: int = 1024
@@ -100,13 +119,13 @@ class UserLimits:
 
 @dataclass(frozen=True)
 class LimitBook:
-    """The default :class:`UserLimits` and the overrides per uid."""
+    """The default :class:`UserLimits` and the overrides per uid or key (``key:NAME``)."""
 
     default: UserLimits = UserLimits()
-    by_uid: Mapping[int, UserLimits] = field(default_factory=dict)
+    by_user: Mapping[int | str, UserLimits] = field(default_factory=dict)
 
-    def of(self, uid: int | None) -> UserLimits:
-        return self.by_uid.get(uid, self.default) if uid is not None else self.default
+    def of(self, who: Principal) -> UserLimits:
+        return self.by_user.get(who, self.default) if who is not None else self.default
 
 
 @dataclass(frozen=True)

@@ -110,9 +110,9 @@ class WorkerPool:
                 return self._refusal("queue_size", self._scheduler.queued, self._capacity,
                                      len(tasks), self.size)
             if tasks:
-                uid = tasks[0].tenant.uid
-                limits = self._scheduler.limits.of(uid)
-                queued = self._scheduler.queued_for_uid(uid)
+                who = tasks[0].tenant.principal
+                limits = self._scheduler.limits.of(who)
+                queued = self._scheduler.queued_for(who)
                 if queued + len(tasks) > limits.max_queued:
                     return self._refusal("max_queued", queued, limits.max_queued, len(tasks),
                                          min(self.size, limits.max_concurrent))

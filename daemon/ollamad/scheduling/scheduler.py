@@ -12,7 +12,7 @@ under its own lock, and tests drive it directly.
   tenants take turns (round-robin: a tenant that was served goes to the back),
   so one tenant's 10,000 items delay another's by one item per turn, not by
   their whole length. With ``fair`` off the lane serves in arrival order.
-- **Slots per user.** A tenant whose uid already runs ``max_concurrent``
+- **Slots per user.** A tenant whose uid (or key) already runs ``max_concurrent``
   items is passed over until one of them ends; its items keep their place.
 
 Dropped tasks (answered while queued) leave the counts at once and the
@@ -25,7 +25,8 @@ import collections
 import itertools
 from typing import Iterator, Protocol
 
-from ollamad.scheduling.policy import BATCH, INTERACTIVE, LANES, LanePolicy, LimitBook, Tenant
+from ollamad.scheduling.policy import (BATCH, INTERACTIVE, LANES, LanePolicy, LimitBook,
+                                       Principal, Tenant)
 
 #: Dropped tasks that may linger in the queues (beyond the live ones) before a prune.
 PRUNE_AFTER = 64
@@ -49,7 +50,8 @@ class Scheduler:
         self._seq = itertools.count()
         self.queued = 0
         self._lingering = 0         # dropped tasks still in the queues
-        #: Items queued and running, by lane, by tenant and by ("uid", uid); no zeros kept.
+        #: Items queued and running, by lane, by tenant and by ("user", principal); no
+        #: zeros kept.
         self.queued_by: dict = {}
         self.running_by: dict = {}
         #: Free slots that went to interactive work while batch work waited.
@@ -60,7 +62,7 @@ class Scheduler:
     def add(self, task: Schedulable) -> None:
         task.seq = next(self._seq)
         task.lane = self.policy.lane(task.lane)
-        task.counted_as = (task.lane, task.tenant, ("uid", task.tenant.uid))
+        task.counted_as = (task.lane, task.tenant, ("user", task.tenant.principal))
         self._lanes[task.lane].setdefault(task.tenant, collections.deque()).append(task)
         self._count(self.queued_by, task, +1)
         self.queued += 1
@@ -124,8 +126,8 @@ class Scheduler:
             if not queue:
                 empty.append(tenant)
                 continue
-            if self.running_by.get(("uid", tenant.uid), 0) >= \
-                    self.limits.of(tenant.uid).max_concurrent:
+            if self.running_by.get(("user", tenant.principal), 0) >= \
+                    self.limits.of(tenant.principal).max_concurrent:
                 continue
             if best is None or queue[0].seq < best[1].seq:
                 best = (tenant, queue[0])
@@ -147,8 +149,9 @@ class Scheduler:
             else:
                 del counter[key]
 
-    def queued_for_uid(self, uid: int | None) -> int:
-        return self.queued_by.get(("uid", uid), 0)
+    def queued_for(self, who: Principal) -> int:
+        """Items queued for a uid or key (:func:`~ollamad.scheduling.policy.principal`)."""
+        return self.queued_by.get(("user", who), 0)
 
     def lane_counts(self) -> dict[str, dict[str, int]]:
         return {lane: {"queued": self.queued_by.get(lane, 0),

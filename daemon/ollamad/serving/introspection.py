@@ -123,8 +123,8 @@ class Introspection:
         lanes = {lane: {**idle, **lanes_now.get(lane, {}), **lane_figures.get(lane, EMPTY_SHARE)}
                  for lane in LANES}
         by_tenant = dict(tenant_figures)
-        tenants = [{"tenant": tenant.label(), "uid": tenant.uid, "user": tenant.user,
-                    "app": tenant.app, **idle, **tenants_now.get(tenant, {}),
+        tenants = [{"tenant": tenant.label(), "uid": tenant.uid, "key": tenant.key,
+                    "user": tenant.user, "app": tenant.app, **idle, **tenants_now.get(tenant, {}),
                     **by_tenant.get(tenant, EMPTY_SHARE)}
                    for tenant in {*by_tenant, *tenants_now}]
         tenants.sort(key=lambda t: (t["in_flight"] + t["queued"], t["requests"]), reverse=True)

@@ -164,7 +164,7 @@ class IOLoop:
                 log.debug("a message without a usable id: %s", exc)
             self.delivery.send(Reply(incoming.route, protocol.encode_error(exc.request_id, error)))
             return
-        peer = Peer.from_address(incoming.peer_address)
+        peer = Peer.from_address(incoming.peer_address, incoming.user_id)
         exchange = self._exchange(request, incoming, peer)
         if self.stopping:
             exchange.reject(Error.of(ErrorCode.SHUTTING_DOWN, "ollamad is shutting down"))

@@ -27,7 +27,7 @@ from ollamad.ollama import names
 from ollamad.ollama.pulls import PullRequest, Pulls
 from ollamad.retry import OllamaFailure
 from ollamad.scheduling import (INTERACTIVE, NOBODY, Admission, ProgressTracker, Refusal, Task,
-                                Ticket, WorkerPool)
+                                Ticket, WorkerPool, principal)
 from ollamad.serving.exchange import BatchExchange, Exchange
 from ollamad.serving.registry import OpenRequests, cancellable_by
 from ollamad.serving.router import Peer
@@ -97,7 +97,7 @@ class Dispatcher:
 
     def admit(self, exchange: Exchange, peer: Peer) -> Ticket:
         """The request's ticket (tenant, lane, arguments with its profile, deadline)."""
-        ticket = self.admission.ticket(exchange.request, peer.uid)
+        ticket = self.admission.ticket(exchange.request, peer.uid, peer.key)
         exchange.admitted(ticket.tenant, self.pool.lane(ticket.lane), ticket.timeout)
         return ticket
 
@@ -266,8 +266,8 @@ def _ping(d: Dispatcher, exchange: Exchange, peer: Peer) -> None:
     # A batch bigger than this user may queue could never be admitted: the
     # client splits by the smaller of the two.
     advertised = d.limits.advertised()
-    advertised["max_batch"] = min(advertised["max_batch"],
-                                  d.admission.limits.of(peer.uid).max_queued)
+    limits = d.admission.limits.of(principal(peer.uid, peer.key))
+    advertised["max_batch"] = min(advertised["max_batch"], limits.max_queued)
     exchange.resolve({"protocol": protocol.VERSION, "version": __version__, "pid": os.getpid(),
                       **advertised})
 

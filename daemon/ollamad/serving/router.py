@@ -7,7 +7,9 @@ socket file's mode, a second ``bind()`` to the same path silently steals it,
 ``MAXMSGSIZE`` disconnects an oversized sender without a word, a ROUTER never
 says that a peer left (its socket monitor does, by file descriptor, and each
 message says which descriptor it came from: ``ZMQ_SRCFD``), messages from
-ZMTP/1.0 peers carry no ``Peer-Address``, and its listener *aborts the
+ZMTP/1.0 peers carry no ``Peer-Address`` (with a ZAP domain set libzmq refuses
+them), a CURVE endpoint without a ZAP handler serves any key (the handler,
+:mod:`.zap`, is bound before this socket), and its listener *aborts the
 process* when ``accept()`` fails with ``EMFILE``, so the daemon must keep
 descriptors in hand: it shuts down connections past its limit at once
 (:meth:`RouterSocket.refuse`; ``zmq_unbind`` is no way to stop accepting, as
@@ -24,6 +26,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from typing import Callable
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -55,14 +58,16 @@ class SendResult(enum.Enum):
 
 @dataclass(frozen=True)
 class Peer:
-    """Who sent a message: uid/gid/pid on ipc, unknown (None) on tcp."""
+    """Who sent a message: uid/gid/pid on ipc; on tcp no uid, and with CURVE the name
+    of the client's key (what the ZAP handler answered as its User-Id)."""
 
     uid: int | None
     gid: int | None
     pid: int | None
+    key: str | None = None
 
     @classmethod
-    def from_address(cls, address: str | None) -> "Peer":
+    def from_address(cls, address: str | None, user_id: str | None = None) -> "Peer":
         # On ipc libzmq reports "localhost:UID:GID:PID" (SO_PEERCRED).
         parts = (address or "").split(":")
         if len(parts) == 4 and parts[0] == "localhost":
@@ -70,7 +75,8 @@ class Peer:
                 return cls(int(parts[1]), int(parts[2]), int(parts[3]))
             except ValueError:
                 pass
-        return cls(None, None, None)
+        # A key name is an identity only where no uid is: never one next to a uid.
+        return cls(None, None, None, user_id or None)
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,8 @@ class Incoming:
     peer_address: str | None
     #: The connection's file descriptor in libzmq (None if unknown).
     connection: int | None = None
+    #: What the ZAP handler named the peer (a CURVE key's name), else None.
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,8 +134,9 @@ class RouterSocket:
     """The daemon's ROUTER socket, bound with a lock file and a fixed mode."""
 
     def __init__(self, context: zmq.Context, endpoint: str, max_message_bytes: int,
-                 socket_mode: int, zap: bool = True, socket_gid: int | None = None,
-                 listener_fd: int | None = None):
+                 socket_mode: int, zap: bool = True, *, socket_gid: int | None = None,
+                 listener_fd: int | None = None, curve_secret_key: bytes | None = None,
+                 on_handshake_failure: Callable[[int], None] = lambda code: None):
         self.endpoint = endpoint
         self._path = ipc_path(endpoint)
         self._socket_mode = socket_mode
@@ -146,7 +155,12 @@ class RouterSocket:
         self.socket.setsockopt(zmq.LINGER, 0)
         if zap:
             self.socket.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
-        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        if curve_secret_key is not None:
+            self.socket.curve_server = True
+            self.socket.curve_secretkey = curve_secret_key
+        self._on_handshake_failure = on_handshake_failure
+        self.monitor = self.socket.get_monitor_socket(
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         self.bound = self._bind(endpoint)
 
     def _bind(self, endpoint: str) -> str:
@@ -234,8 +248,9 @@ class RouterSocket:
         else:
             return Incoming((identity,), None, None, connection)
         address = _frame_property(body, "Peer-Address")
+        user_id = _frame_property(body, "User-Id")
         return Incoming(route, body.bytes, address if isinstance(address, str) else None,
-                        connection)
+                        connection, user_id if isinstance(user_id, str) and user_id else None)
 
     def connection_events(self) -> list[ConnectionEvent]:
         """Connections opened and closed since the last call, in order."""
@@ -245,6 +260,11 @@ class RouterSocket:
                 message = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
+            if message["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                # A peer whose mechanism is not ours (no CURVE keys, or the wrong
+                # server key); its close follows as a disconnect.
+                self._on_handshake_failure(int(message["value"]))
+                continue
             events.append(ConnectionEvent(message["event"] == zmq.EVENT_ACCEPTED,
                                           int(message["value"])))
         return events
