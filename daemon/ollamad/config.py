@@ -28,7 +28,8 @@ from typing import Any, Mapping
 
 from ollamad import goduration
 from ollamad.configspec import (ENV_PREFIX, Applies, ConfigError, Key, Rule, check_ranges,
-                                coerce, example_lines, keys, setting, table, toml_value)
+                                coerce, example_lines, host_port, keys, setting, table,
+                                toml_value)
 from ollamad import configtables
 from ollamad_client.protocol import DEFAULT_MAX_MESSAGE_BYTES, MAX_TIMEOUT
 
@@ -281,7 +282,7 @@ RULES = [
          'loaded for ever, "0s" to unload it after each use'),
     Rule(("max_keep_alive",), lambda c: goduration.is_duration(c.max_keep_alive),
          'must be a Go duration with a unit ("1h", "-1s" for no limit)'),
-    Rule(("metrics.listen",), lambda c: not c.metrics.listen or _host_port(c.metrics.listen),
+    Rule(("metrics.listen",), lambda c: not c.metrics.listen or host_port(c.metrics.listen),
          'must be HOST:PORT ("127.0.0.1:9464", "[::1]:9464"), or empty for no listener'),
     Rule(("ollama.pass_environment",),
          lambda c: all(_VARIABLE_PATTERN.fullmatch(p) for p in c.ollama.pass_environment),
@@ -304,18 +305,9 @@ RULES = [
 _VARIABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
 
 
-def _host_port(text: str) -> tuple[str, int] | None:
-    """``HOST:PORT`` as (host, port), or None when it is not one."""
-    host, colon, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not colon or not host or not port.isdigit() or int(port) > 65535:
-        return None
-    return host, int(port)
-
-
 def listen_address(config: Config) -> tuple[str, int] | None:
     """Where the Prometheus listener binds (None: off)."""
-    return _host_port(config.metrics.listen) if config.metrics.listen else None
+    return host_port(config.metrics.listen) if config.metrics.listen else None
 
 
 def all_keys() -> list[Key]:

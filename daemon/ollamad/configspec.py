@@ -222,3 +222,13 @@ def example_lines(all_keys: list[Key]) -> list[str]:
         shown = spec.shown(key.default) if spec.shown else toml_value(key.default)
         lines.append(f"# {key.attribute} = {shown}")
     return lines
+
+
+def host_port(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` as (host, port), brackets of an IPv6 host removed, or None when it is
+    not one (the metrics listener; a tcp:// endpoint after its scheme)."""
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        return None
+    return host, int(port)

@@ -148,6 +148,7 @@ def is_loopback(endpoint: str) -> bool:
     ``0.0.0.0``), another address or an interface name (ZeroMQ binds to
     ``tcp://eth0:PORT``, even ``tcp://lo:PORT``) does not.
     """
+    # Not configspec.host_port: ZeroMQ's port may be "*" (any free one).
     host = endpoint[len("tcp://"):].rpartition(":")[0]
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

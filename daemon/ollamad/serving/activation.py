@@ -17,6 +17,8 @@ import os
 import socket
 from typing import Iterable, Mapping
 
+from ollamad.configspec import host_port
+
 #: sd_listen_fds(3): the first passed descriptor.
 LISTEN_FDS_START = 3
 _WILDCARDS = {"*", "0.0.0.0", "::", ""}
@@ -31,15 +33,6 @@ def passed_descriptors(environ: Mapping[str, str], pid: int) -> list[int]:
     except ValueError:
         return []
     return list(range(LISTEN_FDS_START, LISTEN_FDS_START + max(count, 0)))
-
-
-def _host_port(endpoint: str) -> tuple[str, int] | None:
-    if not endpoint.startswith("tcp://"):
-        return None
-    host, colon, port = endpoint[len("tcp://"):].rpartition(":")
-    if not colon or not port.isdigit():
-        return None
-    return host.strip("[]"), int(port)
 
 
 def _listening_address(fd: int) -> tuple[str, int] | None:
@@ -72,7 +65,7 @@ def _same_host(wanted: str, bound: str) -> bool:
 
 def listener_for(endpoint: str, descriptors: Iterable[int]) -> int | None:
     """The passed descriptor listening where the tcp `endpoint` says, if any."""
-    wanted = _host_port(endpoint)
+    wanted = host_port(endpoint[len("tcp://"):]) if endpoint.startswith("tcp://") else None
     if wanted is None:
         return None
     for fd in descriptors:
